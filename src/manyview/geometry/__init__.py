@@ -1,0 +1,1 @@
+"""Functional camera geometry: batched tensors in, tensors out, no scene types required."""

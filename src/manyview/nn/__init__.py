@@ -1,0 +1,1 @@
+"""Shared network blocks: attention, ViT, RoPE, DPT head, embeddings."""

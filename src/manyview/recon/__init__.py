@@ -1,1 +1,20 @@
+"""From network outputs to cameras and fused point clouds."""
 
+from manyview.recon.cameras_from_pointmaps import (
+    CameraEstimate,
+    build_reconstruction,
+    estimate_cameras,
+    recover_cameras,
+)
+from manyview.recon.global_alignment import (
+    GlobalAlignmentConfig,
+    GlobalAlignmentResult,
+    PointCloudOptimizer,
+    global_alignment,
+)
+from manyview.recon.pairs import make_pairs
+
+__all__ = [
+    "CameraEstimate", "GlobalAlignmentConfig", "GlobalAlignmentResult", "PointCloudOptimizer",
+    "build_reconstruction", "estimate_cameras", "global_alignment", "make_pairs", "recover_cameras",
+]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from manyview.scene.cameras import Cameras
+from manyview.scene.pointcloud import PointCloud
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,3 +78,14 @@ class Views:
 
     def with_cameras(self, cameras: Cameras) -> "Views":
         return replace(self, cameras=cameras)
+
+    def point_cloud(self, max_points: int | None = 200_000, seed: int = 0) -> PointCloud:
+        """Fuse the depth maps into one coloured world-space cloud (every pixel with depth > 0)."""
+        if self.depths is None or self.cameras is None:
+            raise ValueError("a point cloud needs depths and cameras")
+        from manyview.geometry.projection import depth_to_pointmap
+
+        pts = depth_to_pointmap(self.depths, self.cameras.fxfycxcy, self.cameras.c2w)  # (N, H, W, 3)
+        valid = self.depths > 0
+        cloud = PointCloud(pts[valid], self.images.permute(0, 2, 3, 1)[valid])
+        return cloud if max_points is None else cloud.subsample(max_points, seed)

@@ -1,0 +1,133 @@
+"""``manyview reconstruct``: images -> cameras and a point cloud, written as a dataset folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from manyview.errors import ManyviewError
+
+BUNDLED = "assets/fast3r_bundled"  # inside the package: config.json + model.safetensors, when shipped
+
+
+@dataclass
+class Reconstruct:
+    """Reconstruct cameras and a coloured point cloud from unposed images, with Fast3R (one forward pass) or the
+    pairwise DUSt3R-style baseline (all pairs + global alignment).
+
+    Writes OUT/: images/ (the images as the network saw them), sparse/0/ (COLMAP binary model), transforms.json,
+    points.ply, scene.glb (points and camera frusta), summary.json (views, times, memory, mean confidence, model,
+    weights) and manyview.json. The folder is built under a temporary name and renamed at the end: an interrupted
+    or failed run leaves no partial output. Cameras are in the first image's camera frame, at the network's scale.
+    """
+
+    images: tyro.conf.Positional[list[Path]]
+    """A folder of images, or image files."""
+    out: Path
+    """Output folder (replaced when it holds an earlier manyview output; any other non-empty folder is refused)."""
+    weights: str | None = None
+    """Checkpoint: a folder with config.json + model.safetensors, a weights file with config.json beside it, or a
+    Hugging Face repo id. Default: the model bundled with manyview, when this installation has one."""
+    model: Literal["auto", "fast3r", "pairwise"] = "auto"
+    """Network type; 'auto' reads it from the checkpoint's config.json."""
+    max_views: int | None = None
+    """Use at most this many evenly spaced images."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Autocast dtype of the network (bfloat16 / float16 are for GPUs)."""
+    size: int = 512
+    """Image size in pixels, a multiple of 16: the long side (aspect ratio of the first image kept); 224 scales the
+    short side to 224 and crops a centred square, as DUSt3R / Fast3R's 224 models expect."""
+    min_conf_percentile: float = 10.0
+    """Per view, keep the points whose confidence is at least this percentile."""
+    max_points: int = 500_000
+    """At most this many points in points.ply, scene.glb and the COLMAP model (a deterministic subsample)."""
+    seed: int | None = None
+    """Fast3R: seed of the random image-index draw (default: indices in input order)."""
+    graph: str = "complete"
+    """Pairwise: pair graph (complete, swin-K, logwin-K, oneref-R)."""
+    ga_iterations: int = 300
+    """Pairwise: global alignment iterations."""
+    batch_size: int = 8
+    """Pairwise: pairs per network batch."""
+
+    def run(self) -> None:
+        from manyview.io.atomic import atomic_directory, atomic_open
+        from manyview.io.dataset import MARKER, write_dataset
+        from manyview.io.gltf import write_glb
+        from manyview.recon import GlobalAlignmentConfig
+        from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise
+        from manyview.scene import Views
+
+        t0 = time.perf_counter()
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+            raise ManyviewError("refusing to replace: not an empty folder or an earlier manyview output", out)
+        if self.max_points < 1:
+            raise ManyviewError(f"--max-points must be >= 1, got {self.max_points}")
+        net, kind, weights = self._load_model()
+        # Every image is decoded before anything runs: a corrupt file fails here, naming it, with nothing written.
+        source = self.images[0] if len(self.images) == 1 and self.images[0].is_dir() else list(self.images)
+        images, names = load_inputs(source, size=self.size, patch_size=net.patch_size)
+        if kind == "fast3r":
+            rec = reconstruct(images, net, max_views=self.max_views, device=self.device, dtype=self.dtype,
+                              image_index_seed=self.seed, min_conf_percentile=self.min_conf_percentile)
+        else:
+            rec = reconstruct_pairwise(images, net, graph=self.graph,
+                                       ga=GlobalAlignmentConfig(iterations=self.ga_iterations),
+                                       batch_size=self.batch_size, max_views=self.max_views, device=self.device,
+                                       dtype=self.dtype, min_conf_percentile=self.min_conf_percentile)
+        selected = rec.info["selected_views"]
+        rec_names = [names[i] for i in selected]
+        points = rec.points.subsample(self.max_points)
+        info = rec.info
+        summary = {
+            "views": len(rec), "names": rec_names, "image_size": info["image_size"], "model": kind,
+            "weights": weights, "parameters": info["parameters"], "device": info["device"], "dtype": info["dtype"],
+            "time_s": info["timings_s"], "memory": info["peak_memory"], "mean_confidence": info["mean_confidence"],
+            "points_kept": info["num_points"], "points_written": len(points),
+            "min_conf_percentile": self.min_conf_percentile,
+        }
+        for key in ("pnp_success", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
+            if key in info:
+                summary[key] = info[key]
+        with atomic_directory(out) as tmp:
+            write_dataset(tmp, Views(images=rec.images, cameras=rec.cameras, names=rec_names), points=points)
+            write_glb(tmp / "scene.glb", points, rec.cameras)
+            summary["wall_time_s"] = round(time.perf_counter() - t0, 3)
+            with atomic_open(tmp / "summary.json", "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+                fh.write("\n")
+        h, w = info["image_size"]
+        print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind} in {summary['wall_time_s']:.1f} s "
+              f"(mean confidence {info['mean_confidence']:.3g}, {len(points)} points); wrote {out}")
+
+    def _load_model(self):
+        """-> (network, 'fast3r' | 'pairwise', weights description)."""
+        from manyview.hub import CONFIG_NAME, read_config, resolve
+        from manyview.models.fast3r import Fast3R
+        from manyview.models.pairwise import PairwiseNet
+
+        if self.weights is None:
+            bundled = Path(str(resources.files("manyview").joinpath(BUNDLED)))
+            if self.model == "pairwise" or not (bundled / CONFIG_NAME).is_file():
+                what = "no bundled pairwise model" if self.model == "pairwise" else "no bundled model in this installation"
+                raise ManyviewError(f"{what}; pass --weights NAME_OR_PATH (a folder with config.json and "
+                                    "model.safetensors, or a Hugging Face repo id)")
+            return Fast3R.from_pretrained(bundled), "fast3r", "bundled:fast3r_bundled"
+        path = resolve(self.weights)
+        kind = self.model
+        if kind == "auto":
+            config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
+            if not config_path.is_file():
+                raise ManyviewError(f"no {CONFIG_NAME} to tell the model type; pass --model fast3r or pairwise",
+                                    config_path)
+            kind = "fast3r" if "encoder_args" in read_config(config_path) else "pairwise"
+        cls = Fast3R if kind == "fast3r" else PairwiseNet
+        return cls.from_pretrained(path), kind, str(self.weights)

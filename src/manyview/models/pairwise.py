@@ -1,0 +1,372 @@
+"""A DUSt3R-style two-view network (Wang et al., CVPR 2024): the pairwise baseline that Fast3R generalises.
+
+Weight-compatible with DUSt3R's ``AsymmetricCroCo3DStereo`` (e.g. ``naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt``)::
+
+    patch_embed, enc_blocks, enc_norm   shared CroCo ViT encoder (2D RoPE), each image encoded on its own
+    decoder_embed                       Linear encoder width -> decoder width, shared by both views
+    dec_blocks / dec_blocks2            two decoders, one per view; each block: self-attention, cross-attention to
+                                        the other view's tokens of the previous layer, MLP (RoPE in both attentions)
+    dec_norm                            LayerNorm on the last decoder outputs
+    downstream_head1 / downstream_head2 DPT heads: view 1's pointmap and view 2's pointmap, both in view 1's camera
+                                        frame, with confidence 1 + exp(c)
+
+The DPT heads read [raw encoder tokens, decoder outputs after blocks depth/2, 3*depth/4 and depth].
+
+The encoder's modules sit at the top level of the state dict (``patch_embed.*``, not ``encoder.patch_embed.*``)
+because DUSt3R's model subclasses its encoder class (CroCoNet); this class subclasses
+:class:`~manyview.nn.vit.RoPEViTEncoder` for the same reason. Checkpoint notes: DUSt3R's files also hold CroCo's
+pre-training ``mask_token``, which DUSt3R never uses; it is dropped on load. CroCo-initialised files without
+``dec_blocks2`` get it copied from ``dec_blocks``, as DUSt3R's own loader does. DUSt3R's ``.pth`` files pickle an
+``argparse.Namespace`` beside the weights, which ``torch.load(weights_only=True)`` refuses; convert them to
+safetensors first (the Hugging Face release already is).
+
+Pixel convention: DUSt3R was trained with pixel (row r, column c) at (c, r) and the principal point at (W/2, H/2)
+in those coordinates; :func:`manyview.recon.global_alignment` expects exactly that by default (``pixel_offset=0``).
+
+Images are in [0, 1] (the manyview convention), normalised to [-1, 1] inside; H and W must be multiples of the
+patch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from manyview.errors import ManyviewError
+from manyview.hub import HubMixin
+from manyview.models.fast3r import confidence_from_raw, fast3r_config, points_from_raw
+from manyview.nn.blocks import DecoderBlock
+from manyview.nn.dpt import DPTHead
+from manyview.nn.embeddings import patch_positions
+from manyview.nn.vit import RoPEViTEncoder
+from manyview.progress import progress as progress_bar
+
+_INF = float("inf")
+
+
+# ----------------------------------------------------------------------------------------------------- config
+@dataclass
+class PairwiseConfig:
+    """DUSt3R's constructor arguments, i.e. the keys of its Hugging Face ``config.json``; defaults are the released
+    ``DUSt3R_ViTLarge_BaseDecoder_512_dpt``. ``feature_dim`` / ``last_dim`` / ``layer_dims`` (DPT widths) are a
+    manyview extension for small models; absent, the released 256 / 128 / [96, 192, 384, 768] apply."""
+
+    output_mode: str = "pts3d"
+    head_type: str = "dpt"
+    depth_mode: list = field(default_factory=lambda: ["exp", -_INF, _INF])
+    conf_mode: list = field(default_factory=lambda: ["exp", 1, _INF])
+    freeze: str = "none"
+    landscape_only: bool = False
+    patch_embed_cls: str = "PatchEmbedDust3R"
+    img_size: Any = field(default_factory=lambda: [512, 512])  # training crop; any multiple of the patch works
+    patch_size: int = 16
+    mask_ratio: float = 0.9  # CroCo pre-training only; unused
+    enc_embed_dim: int = 1024
+    enc_depth: int = 24
+    enc_num_heads: int = 16
+    dec_embed_dim: int = 768
+    dec_depth: int = 12
+    dec_num_heads: int = 12
+    mlp_ratio: float = 4
+    norm_im2_in_dec: bool = True
+    pos_embed: str = "RoPE100"
+    feature_dim: int | None = None
+    last_dim: int | None = None
+    layer_dims: list | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def rope_freq(self) -> float:
+        return float(self.pos_embed[len("RoPE"):])
+
+    @property
+    def hooks(self) -> list[int]:
+        d = self.dec_depth
+        return [0, d * 2 // 4, d * 3 // 4, d]
+
+    @property
+    def dpt_widths(self) -> tuple[int, int, list[int]]:
+        return (256 if self.feature_dim is None else self.feature_dim,
+                128 if self.last_dim is None else self.last_dim,
+                [96, 192, 384, 768] if self.layer_dims is None else list(self.layer_dims))
+
+    @classmethod
+    def from_dict(cls, data: Mapping, path: str | os.PathLike | None = None) -> "PairwiseConfig":
+        """From a DUSt3R-style config.json; unknown fields are errors, missing ones take the released values."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ManyviewError(f"pairwise (DUSt3R) config: unknown fields {', '.join(extra)}", path)
+        try:
+            return cls(**dict(data))
+        except ManyviewError as e:
+            raise ManyviewError(e.message, path) from None
+
+    def to_dict(self) -> dict:
+        """config.json content; unset optional DPT widths are left out, as in the release."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def matching(cls, fast3r_preset: str) -> "PairwiseConfig":
+        """The pairwise network at the size of a Fast3R preset: the same encoder, decoders as wide and deep as
+        Fast3R's fusion transformer, the same DPT heads (so "equal model size" compares architectures)."""
+        f = fast3r_config(fast3r_preset)
+        e, d, h = f.encoder_args, f.decoder_args, f.head_args
+        return cls(depth_mode=list(h.depth_mode), conf_mode=list(h.conf_mode), patch_size=e.patch_size,
+                   enc_embed_dim=e.embed_dim, enc_depth=e.depth, enc_num_heads=e.num_heads,
+                   dec_embed_dim=d.embed_dim, dec_depth=d.depth, dec_num_heads=d.num_heads, mlp_ratio=d.mlp_ratio,
+                   pos_embed=e.pos_embed, feature_dim=h.feature_dim, last_dim=h.last_dim,
+                   layer_dims=None if h.layer_dims is None else list(h.layer_dims))
+
+    def validate(self) -> None:
+        problems = []
+        if self.output_mode != "pts3d" or self.head_type != "dpt":
+            problems.append(f"head {self.head_type!r}/{self.output_mode!r} is not supported (only dpt/pts3d)")
+        if self.patch_embed_cls not in ("PatchEmbedDust3R", "ManyAR_PatchEmbed"):
+            problems.append(f"unknown patch_embed_cls {self.patch_embed_cls!r}")
+        if not re.fullmatch(r"RoPE\d+(\.\d+)?", str(self.pos_embed)):
+            problems.append(f"pos_embed {self.pos_embed!r} is not supported (expected RoPE<frequency>)")
+        if self.freeze not in ("none", "mask", "encoder"):
+            problems.append(f"unknown freeze {self.freeze!r} (none, mask or encoder)")
+        for name, dim, heads in (("encoder", self.enc_embed_dim, self.enc_num_heads),
+                                 ("decoder", self.dec_embed_dim, self.dec_num_heads)):
+            if heads < 1 or dim % heads:
+                problems.append(f"{name} width {dim} is not divisible by its {heads} heads")
+            elif (dim // heads) % 4:
+                problems.append(f"{name} head dimension {dim // heads} must be divisible by 4 for 2D RoPE")
+        if self.dec_depth < 4 or len(set(self.hooks)) != 4:
+            problems.append(f"dec_depth {self.dec_depth} gives repeated DPT hooks {self.hooks}; use dec_depth >= 4")
+        if self.enc_depth < 1:
+            problems.append("enc_depth must be >= 1")
+        if (len(self.depth_mode) != 3 or self.depth_mode[0] not in ("exp", "square", "linear")
+                or self.depth_mode[1] != -_INF or self.depth_mode[2] != _INF):
+            problems.append(f"depth_mode {self.depth_mode!r} is not supported (expected [exp|square|linear, -inf, inf])")
+        if not self.conf_mode or len(self.conf_mode) != 3 or self.conf_mode[0] not in ("exp", "sigmoid"):
+            problems.append(f"conf_mode {self.conf_mode!r} is not supported (expected [exp|sigmoid, min, max])")
+        if self.layer_dims is not None and len(self.layer_dims) != 4:
+            problems.append("layer_dims must have four entries")
+        if problems:
+            raise ManyviewError("invalid pairwise (DUSt3R) config: " + "; ".join(problems))
+
+
+PRESETS = {
+    # At the size of the Fast3R preset of the same name (see PairwiseConfig.matching).
+    "tiny": lambda: PairwiseConfig.matching("tiny"),
+    "small": lambda: PairwiseConfig.matching("small"),
+    "base": lambda: PairwiseConfig.matching("base"),  # = DUSt3R 512 DPT's architecture (ViT-L encoder, ViT-B decoders)
+    "vit_large_512": lambda: PairwiseConfig.matching("vit_large_512"),
+    # naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt
+    "dust3r_512_dpt": lambda: PairwiseConfig(),
+}
+
+
+def pairwise_config(name: str) -> PairwiseConfig:
+    if name not in PRESETS:
+        raise ManyviewError(f"unknown pairwise preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# --------------------------------------------------------------------------------------------------- modules
+class PairHead(nn.Module):
+    """DPT over the four hooked layers of one view -> pointmap and confidence (keys ``dpt.*``)."""
+
+    def __init__(self, config: PairwiseConfig):
+        super().__init__()
+        feature_dim, last_dim, layer_dims = config.dpt_widths
+        dd = config.dec_embed_dim
+        self.depth_mode, self.conf_mode = list(config.depth_mode), list(config.conf_mode)
+        self.dpt = DPTHead([config.enc_embed_dim, dd, dd, dd], num_channels=4, patch_size=config.patch_size,
+                           feature_dim=feature_dim, last_dim=last_dim, layer_dims=layer_dims)
+
+    def forward(self, layers: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """4 x (B, h*w, C_i) -> points (B, H, W, 3), confidence (B, H, W), computed in float32 (as DUSt3R)."""
+        with torch.autocast(layers[0].device.type, enabled=False):
+            out = self.dpt([t.float() for t in layers], grid).permute(0, 2, 3, 1)
+        return points_from_raw(out[..., :3], self.depth_mode), confidence_from_raw(out[..., 3], self.conf_mode)
+
+
+class PairOutput(NamedTuple):
+    pts1: Tensor  # (B, H1, W1, 3) view 1 in view 1's camera frame
+    conf1: Tensor  # (B, H1, W1) > 1
+    pts2_in_1: Tensor  # (B, H2, W2, 3) view 2 in view 1's camera frame
+    conf2: Tensor  # (B, H2, W2) > 1
+
+
+class PairPredictions(NamedTuple):
+    """Every pair's outputs, stacked in the order :func:`manyview.recon.global_alignment` takes them."""
+
+    edges: list[tuple[int, int]]  # E ordered pairs (i, j)
+    pts_i: Tensor  # (E, H, W, 3) view i in view i's frame
+    pts_j: Tensor  # (E, H, W, 3) view j in view i's frame
+    conf_i: Tensor  # (E, H, W)
+    conf_j: Tensor  # (E, H, W)
+
+
+class PairwiseNet(RoPEViTEncoder, HubMixin):
+    """The two-view network. ``PairwiseNet("tiny")``, ``PairwiseNet(PairwiseConfig(...))``,
+    ``PairwiseNet.from_pretrained(path_or_repo)``."""
+
+    config_class = PairwiseConfig
+
+    def __init__(self, config: PairwiseConfig | str = "tiny"):
+        cfg = pairwise_config(config) if isinstance(config, str) else config
+        super().__init__(cfg.patch_size, cfg.enc_embed_dim, cfg.enc_depth, cfg.enc_num_heads, cfg.mlp_ratio,
+                         cfg.rope_freq)
+        self.config = cfg
+        dd = cfg.dec_embed_dim
+        self.decoder_embed = nn.Linear(cfg.enc_embed_dim, dd)
+        make = lambda: nn.ModuleList(  # noqa: E731
+            DecoderBlock(dd, cfg.dec_num_heads, cfg.mlp_ratio, qkv_bias=True, norm_eps=1e-6,
+                         norm_mem=cfg.norm_im2_in_dec, rope=self.rope)
+            for _ in range(cfg.dec_depth))
+        self.dec_blocks = make()
+        self.dec_blocks2 = make()
+        self.dec_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.downstream_head1 = PairHead(cfg)
+        self.downstream_head2 = PairHead(cfg)
+        if cfg.freeze == "encoder":  # DUSt3R freezes the patch embedding and encoder blocks (not enc_norm)
+            for p in list(self.patch_embed.parameters()) + list(self.enc_blocks.parameters()):
+                p.requires_grad_(False)
+
+    @classmethod
+    def _resolve_config(cls, config):
+        return pairwise_config(config) if isinstance(config, str) else super()._resolve_config(config)
+
+    @classmethod
+    def _remap_state_dict(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        tensors = {k: v for k, v in tensors.items() if k.split(".")[-1] != "mask_token"}
+        if not any(".dec_blocks2." in f".{k}" for k in tensors):
+            tensors.update({k.replace("dec_blocks.", "dec_blocks2.", 1): v for k, v in list(tensors.items())
+                            if f".{k}".count(".dec_blocks.")})
+        return tensors
+
+    # --------------------------------------------------------------------------------------------- stages
+    def _landscape(self, images: Tensor) -> tuple[Tensor, bool]:
+        """``landscape_only`` (DUSt3R's training setting): portrait images run transposed end to end."""
+        transposed = self.config.landscape_only and images.shape[-2] > images.shape[-1]
+        return (images.transpose(-1, -2) if transposed else images), transposed
+
+    def _grid(self, images: Tensor) -> tuple[int, int]:
+        p = self.patch_size
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ManyviewError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch "
+                                f"size {p}; resize or crop first (e.g. ImageLoadPolicy(patch_multiple={p}))")
+        return images.shape[-2] // p, images.shape[-1] // p
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [0, 1] (already transposed when landscape_only) -> tokens (B, h*w, C_enc)."""
+        self._grid(images)
+        tokens, _ = RoPEViTEncoder.forward(self, images * 2 - 1)
+        return tokens
+
+    def decode(self, f1: Tensor, grid1: tuple[int, int], f2: Tensor,
+               grid2: tuple[int, int]) -> tuple[list[Tensor], list[Tensor]]:
+        """Encoder tokens of both views (B, L_k, C_enc) -> each view's four hooked layers (DUSt3R ``_decoder``).
+
+        Both decoders read the previous layer's outputs of both views (block k of view 1 attends to view 2's
+        tokens after block k-1, and vice versa). Layer 0 is the raw encoder output; the last is after ``dec_norm``.
+        """
+        head_dim = self.config.dec_embed_dim // self.config.dec_num_heads
+        t1 = self.rope.tables(patch_positions(*grid1, f1.device)[None], head_dim)
+        t2 = t1 if grid2 == grid1 else self.rope.tables(patch_positions(*grid2, f2.device)[None], head_dim)
+        hooks, depth = self.config.hooks, self.config.dec_depth
+        out1, out2 = [f1], [f2]
+        x1, x2 = self.decoder_embed(f1), self.decoder_embed(f2)
+        for k, (blk1, blk2) in enumerate(zip(self.dec_blocks, self.dec_blocks2), start=1):
+            x1, x2 = blk1(x1, x2, t1, t2), blk2(x2, x1, t2, t1)
+            if k == depth:
+                x1, x2 = self.dec_norm(x1), self.dec_norm(x2)
+            if k in hooks:
+                out1.append(x1)
+                out2.append(x2)
+        return out1, out2
+
+    def _heads(self, f1: Tensor, grid1, t1: bool, f2: Tensor, grid2, t2: bool) -> PairOutput:
+        layers1, layers2 = self.decode(f1, grid1, f2, grid2)
+        pts1, conf1 = self.downstream_head1(layers1, grid1)
+        pts2, conf2 = self.downstream_head2(layers2, grid2)
+        if t1:
+            pts1, conf1 = pts1.transpose(1, 2), conf1.transpose(1, 2)
+        if t2:
+            pts2, conf2 = pts2.transpose(1, 2), conf2.transpose(1, 2)
+        return PairOutput(pts1, conf1, pts2, conf2)
+
+    # ------------------------------------------------------------------------------------------- entries
+    def forward(self, img1: Tensor, img2: Tensor) -> PairOutput:
+        """A batch of pairs: img1, img2 (B, 3, H, W) in [0, 1] (the two sides may differ in size) ->
+        (pts1, conf1, pts2_in_1, conf2), both pointmaps in img1's camera frame.
+
+        Both images of a pair are encoded here, as DUSt3R does (one encoder batch when they share a shape).
+        """
+        for name, img in (("img1", img1), ("img2", img2)):
+            if img.dim() != 4 or img.shape[1] != 3:
+                raise ManyviewError(f"{name} must be (B, 3, H, W), got {tuple(img.shape)}")
+        if img1.shape[0] != img2.shape[0]:
+            raise ManyviewError(f"img1 and img2 must hold the same number of pairs, got {img1.shape[0]} and "
+                                f"{img2.shape[0]}")
+        (x1, t1), (x2, t2) = self._landscape(img1), self._landscape(img2)
+        g1, g2 = self._grid(x1), self._grid(x2)
+        if x1.shape == x2.shape:
+            f1, f2 = self.encode(torch.cat((x1, x2))).chunk(2)
+        else:
+            f1, f2 = self.encode(x1), self.encode(x2)
+        return self._heads(f1, g1, t1, f2, g2, t2)
+
+    def infer_pairs(self, images: Tensor, edges: Sequence[tuple[int, int]], batch_size: int = 8,
+                    cache_encoder: bool = True, dtype: torch.dtype | None = None,
+                    progress: bool = False) -> PairPredictions:
+        """Run every pair (i, j) of ``edges`` over images (N, 3, H, W) in [0, 1], ``batch_size`` pairs at a time.
+
+        ``cache_encoder`` (default): encode each image once and reuse its tokens in every pair (N encoder passes);
+        False encodes both images of every pair, as DUSt3R's inference does (2E encoder passes, the reference the
+        cache is tested against). Decoders and heads always run once per ordered pair, as in DUSt3R.
+        Eval mode, ``torch.inference_mode``, optional autocast ``dtype``; outputs stay on the images' device.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ManyviewError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        n, _, H, W = images.shape
+        edges = [(int(i), int(j)) for i, j in edges]
+        if not edges:
+            raise ManyviewError("no pairs given")
+        bad = [e for e in edges if not (0 <= e[0] < n and 0 <= e[1] < n)]
+        if bad:
+            raise ManyviewError(f"pair {bad[0]} refers to a view outside 0..{n - 1}")
+        if batch_size < 1:
+            raise ManyviewError(f"batch_size must be >= 1, got {batch_size}")
+        device = images.device
+        E = len(edges)
+        pts_i = torch.empty(E, H, W, 3, device=device)
+        pts_j, conf_i, conf_j = torch.empty_like(pts_i), torch.empty(E, H, W, device=device), \
+            torch.empty(E, H, W, device=device)
+        was_training = self.training
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        try:
+            self.eval()
+            with torch.inference_mode(), autocast:
+                x, transposed = self._landscape(images)
+                grid = self._grid(x)
+                tokens = None
+                if cache_encoder:
+                    tokens = torch.cat([self.encode(x[k: k + batch_size]) for k in range(0, n, batch_size)])
+                bar = progress_bar(range(0, E, batch_size), desc="pairs", enabled=progress)
+                for b0 in bar:
+                    ii = torch.tensor([i for i, _ in edges[b0: b0 + batch_size]], device=device)
+                    jj = torch.tensor([j for _, j in edges[b0: b0 + batch_size]], device=device)
+                    if tokens is not None:
+                        out = self._heads(tokens[ii], grid, transposed, tokens[jj], grid, transposed)
+                    else:
+                        out = self(images[ii], images[jj])
+                    sl = slice(b0, b0 + len(ii))
+                    pts_i[sl], conf_i[sl], pts_j[sl], conf_j[sl] = out
+        finally:
+            self.train(was_training)
+        return PairPredictions(edges, pts_i, pts_j, conf_i, conf_j)

@@ -1,0 +1,218 @@
+"""Fast3R network: configurations, shapes, index embedding, equivariance, chunking."""
+
+import math
+
+import pytest
+import torch
+
+from manyview.errors import ManyviewError
+from manyview.models.fast3r import (PRESETS, DecoderArgs, EncoderArgs, Fast3R, Fast3RConfig, HeadArgs,
+                                     fast3r_config, image_index_positions)
+from manyview.nn.embeddings import sincos_embedding_1d
+
+
+def _perturbed(model):
+    """Random, non-trivial weights (no LayerNorm at 1, no zero bias) that keep outputs finite."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.add_(0.1 * noise if p.dim() == 1 else 0.2 * p.std() * noise)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return _perturbed(Fast3R("tiny"))
+
+
+@pytest.fixture(scope="module")
+def micro():
+    """The smallest valid configuration, for tests that run many views."""
+    torch.manual_seed(0)
+    config = Fast3RConfig(EncoderArgs(embed_dim=32, depth=1, num_heads=2),
+                          DecoderArgs(enc_embed_dim=32, embed_dim=16, depth=4, num_heads=2),
+                          HeadArgs(feature_dim=8, last_dim=4, layer_dims=[4, 4, 8, 8]))
+    return _perturbed(Fast3R(config))
+
+
+def _images(B, N, H=32, W=48, seed=0):
+    return torch.rand(B, N, 3, H, W, generator=torch.Generator().manual_seed(seed))
+
+
+def test_tiny_shapes_and_dtypes(tiny):
+    out = tiny.infer(_images(2, 3))
+    assert out.pts3d_global.shape == (2, 3, 32, 48, 3) and out.pts3d_local.shape == (2, 3, 32, 48, 3)
+    assert out.conf_global.shape == (2, 3, 32, 48) and out.conf_local.shape == (2, 3, 32, 48)
+    for t in (out.pts3d_global, out.conf_global, out.pts3d_local, out.conf_local):
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    assert (out.conf_global > 1).all() and (out.conf_local > 1).all()  # conf = 1 + exp(c)
+    assert out.image_ids.tolist() == [[0, 1, 2], [0, 1, 2]]
+    single = tiny.infer(_images(1, 3)[0])  # (N, 3, H, W) accepted, batch dimension added
+    assert single.pts3d_global.shape == (1, 3, 32, 48, 3)
+
+
+# (total parameters, encoder, fusion transformer): counted from the architecture; the released ViT-L 512 model
+# has ~648M (encoder ~303M, fusion ~303M, two DPT heads ~20.5M each).
+EXPECTED = {"tiny": (4_965_320, 1_927_488, 1_214_592), "small": (53_124_552, 21_589_632, 21_442_176),
+            "base": (429_345_416, 303_098_880, 85_843_200), "vit_large_512": (647_551_368, 303_098_880, 303_361_024)}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_parameter_counts_on_meta(name):
+    with torch.device("meta"):
+        model = Fast3R(name)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (count(model), count(model.encoder), count(model.decoder)) == EXPECTED[name]
+    cfg = model.config
+    assert model.decoder.decoder_embed.weight.shape == (cfg.decoder_args.embed_dim, cfg.encoder_args.embed_dim)
+    assert model.downstream_head.dpt.act_postprocess[0][0].weight.shape[1] == cfg.encoder_args.embed_dim
+
+
+def test_released_config_matches_the_published_json():
+    released = {
+        "encoder_args": {"encoder_type": "croco", "img_size": 512, "patch_size": 16,
+                         "patch_embed_cls": "PatchEmbedDust3R", "embed_dim": 1024, "num_heads": 16, "depth": 24,
+                         "mlp_ratio": 4, "pos_embed": "RoPE100", "attn_implementation": "flash_attention"},
+        "decoder_args": {"decoder_type": "fast3r", "random_image_idx_embedding": True, "enc_embed_dim": 1024,
+                         "embed_dim": 1024, "num_heads": 16, "depth": 24, "mlp_ratio": 4.0, "qkv_bias": True,
+                         "drop": 0.0, "attn_drop": 0.0, "attn_implementation": "flash_attention",
+                         "attn_bias_for_inference_enabled": False},
+        "head_args": {"head_type": "dpt", "output_mode": "pts3d", "landscape_only": False,
+                      "depth_mode": ["exp", -math.inf, math.inf], "conf_mode": ["exp", 1, math.inf],
+                      "patch_size": 16, "with_local_head": True},
+    }
+    assert fast3r_config("vit_large_512").to_dict() == released
+    config = Fast3RConfig.from_dict(released)
+    assert config.head_args.dpt_widths == (256, 128, [96, 192, 384, 768])  # released head widths when absent
+    assert config.decoder_args.hooks == [0, 12, 18, 24]
+    with torch.device("meta"):
+        model = Fast3R(config)
+    assert model.downstream_head.dpt.scratch.layer4_rn.weight.shape == (256, 768, 3, 3)
+    assert model.downstream_head.dpt.head[2].weight.shape == (128, 128, 3, 3)
+
+
+def test_config_unknown_and_invalid_fields():
+    good = fast3r_config("tiny").to_dict()
+    with pytest.raises(ManyviewError, match="unknown fields in decoder_args: rope_theta"):
+        Fast3RConfig.from_dict({**good, "decoder_args": {**good["decoder_args"], "rope_theta": 1.0}}, path="c.json")
+    with pytest.raises(ManyviewError, match=r"unknown keys \['freeze'\]"):
+        Fast3RConfig.from_dict({**good, "freeze": "none"})
+    with pytest.raises(ManyviewError, match="missing sections"):
+        Fast3RConfig.from_dict({"encoder_args": good["encoder_args"]})
+    with pytest.raises(ManyviewError, match="dino_v2"):
+        Fast3RConfig.from_dict({**good, "encoder_args": {**good["encoder_args"], "encoder_type": "dino_v2"}})
+    with pytest.raises(ManyviewError, match="enc_embed_dim"):
+        Fast3RConfig.from_dict({**good, "decoder_args": {**good["decoder_args"], "enc_embed_dim": 7}})
+    with pytest.raises(ManyviewError, match="unknown Fast3R preset"):
+        Fast3R("huge")
+
+
+def test_index_positions_sequential_random_and_interpolated():
+    assert image_index_positions(2, 4).tolist() == [[0, 1, 2, 3]] * 2
+    a, b = image_index_positions(3, 50, seed=7), image_index_positions(3, 50, seed=7)
+    assert torch.equal(a, b) and not torch.equal(a, image_index_positions(3, 50, seed=8))
+    assert (a[:, 0] == 0).all() and ((a[:, 1:] >= 1) & (a[:, 1:] <= 999)).all()
+    assert all(len(set(row.tolist())) == 50 for row in a) and (a == a.round()).all()
+    # Beyond the 1000-slot table: fractional positions spanning [0, 999], exact integers at N = 1000.
+    big = image_index_positions(1, 1500)[0]
+    assert big[0] == 0 and math.isclose(big[-1].item(), 999.0) and (big.diff() > 0).all()
+    assert torch.equal(image_index_positions(1, 1000)[0], torch.arange(1000, dtype=torch.float64))
+    shuffled = image_index_positions(1, 1500, seed=0)[0]
+    assert shuffled[0] == 0 and torch.equal(shuffled.sort().values, big)
+
+
+def test_index_embedding_interpolates_the_table(tiny):
+    D = tiny.config.decoder_args.embed_dim
+    table = sincos_embedding_1d(torch.arange(1000), D).float()
+    assert torch.equal(tiny.index_embedding(torch.arange(1000.0)[None])[0], table)
+    # Position 2.5 lies between rows 2 and 3 on the same sinusoids: each channel is sin/cos of 2.5 w_k.
+    half = sincos_embedding_1d(torch.tensor([2.5]), D)[0]
+    omega = 1.0 / 10000 ** (torch.arange(D // 2, dtype=torch.float64) / (D / 2))
+    assert torch.allclose(half, torch.cat([(2.5 * omega).sin(), (2.5 * omega).cos()]))
+
+
+@pytest.mark.slow
+def test_more_views_than_the_index_table(micro):
+    images = _images(1, 1001, H=16, W=16)
+    out = micro.infer(images, max_parallel_views_for_head=256)
+    assert out.pts3d_global.shape == (1, 1001, 16, 16, 3) and torch.isfinite(out.pts3d_global).all()
+    assert out.image_ids[0, -1].item() == pytest.approx(999.0) and len(out.image_ids[0].unique()) == 1001
+
+
+def test_fusion_is_equivariant_to_view_order_given_the_indices(micro):
+    images = _images(1, 4)
+    ids = torch.tensor([[0.0, 17.0, 401.0, 90.0]])
+    perm = torch.tensor([0, 3, 1, 2])
+    out = micro.infer(images, image_ids=ids)
+    out_p = micro.infer(images[:, perm], image_ids=ids[:, perm])
+    for a, b in ((out.pts3d_global, out_p.pts3d_global), (out.conf_local, out_p.conf_local)):
+        assert torch.allclose(a[:, perm], b, atol=1e-5, rtol=1e-5)
+    # The index embedding matters: swapping indices without moving the views changes the result.
+    out_swapped = micro.infer(images, image_ids=ids[:, perm])
+    assert not torch.allclose(out_swapped.pts3d_global[:, 1:], out.pts3d_global[:, 1:], atol=1e-4)
+
+
+def test_chunking_does_not_change_results(micro):
+    images = _images(2, 5)
+    ref = micro.infer(images)
+    small = micro.infer(images, encoder_chunk_size=1, max_parallel_views_for_head=3)
+    assert torch.allclose(ref.pts3d_global, small.pts3d_global, atol=1e-6)
+    assert torch.allclose(ref.conf_local, small.conf_local, atol=1e-6)
+    assert micro.encoder_chunk_size == 400 and micro.max_parallel_views_for_head == 25  # restored
+
+
+def test_forward_views_with_mixed_sizes(micro):
+    imgs = [_images(1, 1, 32, 48, seed=s)[:, 0] * 2 - 1 for s in range(3)] + [_images(1, 1, 48, 32, seed=3)[:, 0] * 2 - 1]
+    with torch.no_grad():
+        res = micro.forward_views([{"img": x} for x in imgs])
+        same = micro.forward_views([{"img": x} for x in imgs[:3]])
+        tensor_api = micro(torch.stack([(x + 1) / 2 for x in imgs[:3]], dim=1))
+    assert [r["pts3d_in_other_view"].shape for r in res] == [(1, 32, 48, 3)] * 3 + [(1, 48, 32, 3)]
+    assert res[3]["conf_local"].shape == (1, 48, 32)
+    assert torch.allclose(torch.stack([r["pts3d_local"] for r in same], 1), tensor_api.pts3d_local, atol=1e-5)
+
+
+def test_training_mode_draws_random_indices(micro):
+    micro.train()
+    try:
+        torch.manual_seed(3)
+        out = micro(_images(2, 3))
+        ids = out.image_ids
+        assert (ids[:, 0] == 0).all() and ((ids[:, 1:] >= 1) & (ids[:, 1:] <= 999)).all()
+        out.pts3d_global.mean().backward()  # differentiable end to end
+        assert micro.encoder.patch_embed.proj.weight.grad is not None
+    finally:
+        micro.zero_grad(set_to_none=True)
+        micro.eval()
+
+
+def test_bfloat16_autocast_inference_is_close(tiny):
+    images = _images(1, 3)
+    ref = tiny.infer(images)
+    out = tiny.infer(images, dtype=torch.bfloat16)
+    assert out.pts3d_global.dtype == torch.float32
+    scale = ref.pts3d_global.abs().max()
+    assert (out.pts3d_global - ref.pts3d_global).abs().max() < 0.1 * scale
+
+
+def test_landscape_only_runs_portrait_views_transposed(micro):
+    model = micro
+    cfg = model.config.to_dict()
+    cfg["head_args"]["landscape_only"] = True
+    lmodel = Fast3R(Fast3RConfig.from_dict(cfg)).eval()
+    lmodel.load_state_dict(model.state_dict())
+    portrait = _images(1, 2, H=48, W=32)
+    a = lmodel.infer(portrait).pts3d_global
+    b = model.infer(portrait.transpose(-1, -2)).pts3d_global.transpose(2, 3)
+    assert a.shape == (1, 2, 48, 32, 3) and torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_inputs(tiny):
+    with pytest.raises(ManyviewError, match="multiple of the patch size"):
+        tiny.infer(torch.rand(1, 2, 3, 30, 32))
+    with pytest.raises(ManyviewError, match="image_ids must have shape"):
+        tiny.infer(_images(1, 3), image_ids=torch.zeros(1, 2))
+    with pytest.raises(ManyviewError, match="must be"):
+        tiny(torch.rand(2, 3, 32, 32))

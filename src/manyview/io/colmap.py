@@ -27,7 +27,7 @@ import torch
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory
-from manyview.io.images import ImageLoadPolicy, _open, apply_to_cameras, load_image_files, natural_key
+from manyview.io.images import ImageLoadPolicy, open_image, apply_to_cameras, load_image_files, natural_key
 from manyview.scene import Cameras, PointCloud, Views
 
 _MODEL_NAMES = {f"{stem}{ext}" for stem in ("cameras", "images", "points3D", "rigs", "frames")
@@ -69,13 +69,13 @@ def find_colmap_model(root: str | os.PathLike) -> Path | None:
     return None
 
 
-def _pose_matrix(image) -> np.ndarray:
+def pose_matrix(image) -> np.ndarray:
     cfw = image.cam_from_world
     cfw = cfw() if callable(cfw) else cfw  # a method in pycolmap >= 3.12, an attribute before
     return np.asarray(cfw.matrix(), dtype=np.float64)
 
 
-def _has_pose(image) -> bool:
+def has_pose(image) -> bool:
     has = getattr(image, "has_pose", None)
     if has is None:
         return bool(getattr(image, "registered", True))
@@ -224,7 +224,7 @@ def read_colmap(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
     except Exception as e:  # pycolmap reports bad files as ValueError, RuntimeError or MemoryError
         raise ManyviewError(f"cannot read COLMAP model: {str(e).strip() or type(e).__name__}", path) from None
 
-    images = [im for im in rec.images.values() if _has_pose(im)]
+    images = [im for im in rec.images.values() if has_pose(im)]
     if not images:
         raise ManyviewError("COLMAP model has no registered images", path)
     images.sort(key=lambda im: natural_key(im.name))
@@ -241,7 +241,7 @@ def read_colmap(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
         if extra and np.any(params[extra] != 0):
             distorted[im.name] = model
         fxfycxcy.append([cam.focal_length_x, cam.focal_length_y, cam.principal_point_x, cam.principal_point_y])
-        w2c.append(np.vstack([_pose_matrix(im), [0.0, 0.0, 0.0, 1.0]]))
+        w2c.append(np.vstack([pose_matrix(im), [0.0, 0.0, 0.0, 1.0]]))
         sizes.append([cam.height, cam.width])
     if distorted:
         warnings.warn(f"{path}: lens distortion of {len(distorted)} image(s) ignored "
@@ -286,7 +286,7 @@ def read_colmap_dataset(root: str | os.PathLike, policy: ImageLoadPolicy | None 
     policy = policy or ImageLoadPolicy()
     exif = []
     for i, p in enumerate(paths):
-        op = _open(p, policy.max_pixels, True)
+        op = open_image(p, policy.max_pixels, True)
         op.image.close()
         cam_hw = tuple(model.cameras.image_size[i].tolist())
         # COLMAP computes cameras on the stored pixels (it does not apply EXIF orientation), so neither do we,

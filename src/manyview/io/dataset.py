@@ -28,7 +28,7 @@ import torch
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory, atomic_open
 from manyview.io.colmap import find_colmap_model, read_colmap, read_colmap_dataset, write_colmap
-from manyview.io.images import (ImageLoadPolicy, _open, apply_to_cameras, is_image_file, list_images,
+from manyview.io.images import (ImageLoadPolicy, open_image, apply_to_cameras, is_image_file, list_images,
                                 load_image_files, load_images, read_depth, read_mask, write_depth, write_image,
                                 write_mask)
 from manyview.io.ply import read_ply, write_ply
@@ -263,7 +263,7 @@ def describe(path: str | os.PathLike) -> dict:
         files = [p] if p.is_file() else list_images(p if _has_images(p) else p / "images")
         sizes = []
         for f in files:
-            op = _open(f, 1 << 62, True)
+            op = open_image(f, 1 << 62, True)
             op.image.close()
             sizes.append(op.upright_size)
         out.update(num_views=len(files), image_sizes=_sizes(sizes))

@@ -210,7 +210,7 @@ class _Opened:
         self.upright_size = (w, h) if self.orientation in (5, 6, 7, 8) else (h, w)
 
 
-def _open(path: Path, max_pixels: int, exif_orientation: bool, data: bytes | None = None) -> _Opened:
+def open_image(path: Path, max_pixels: int, exif_orientation: bool, data: bytes | None = None) -> _Opened:
     """Open lazily (header only) and refuse oversized images before any pixel is decoded.
 
     ``data``: the encoded image in memory; ``path`` then only names it in messages.
@@ -380,7 +380,7 @@ def read_image(path: str | os.PathLike, policy: ImageLoadPolicy | None = None,
                target: tuple[int, int] | None = None) -> tuple[Tensor, ImageTransform]:
     """One file -> (3, H, W) float32 in [0, 1] and its transform; ``target`` (H, W) overrides the policy's size."""
     policy = policy or ImageLoadPolicy()
-    op = _open(Path(path), policy.max_pixels, policy.exif_orientation)
+    op = open_image(Path(path), policy.max_pixels, policy.exif_orientation)
     try:
         target = target or policy.target_size(*op.upright_size)
         arr, transform = _load_one(op, target, policy)
@@ -392,7 +392,7 @@ def read_image(path: str | os.PathLike, policy: ImageLoadPolicy | None = None,
 def read_image_size(path: str | os.PathLike, exif_orientation: bool = True,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(H, W) of an image file (upright), from its header only."""
-    op = _open(Path(path), max_pixels, exif_orientation)
+    op = open_image(Path(path), max_pixels, exif_orientation)
     op.image.close()
     return op.upright_size
 
@@ -412,7 +412,7 @@ def load_image_files(paths: Sequence[str | os.PathLike], policy: ImageLoadPolicy
     if names is not None and len(names) != len(paths):
         raise ValueError(f"{len(paths)} paths but {len(names)} names")
     orient = list(exif_orientation) if exif_orientation is not None else [policy.exif_orientation] * len(paths)
-    openers = [partial(_open, path, policy.max_pixels, use_exif) for path, use_exif in zip(paths, orient)]
+    openers = [partial(open_image, path, policy.max_pixels, use_exif) for path, use_exif in zip(paths, orient)]
     images, transforms = _load_batch(openers, policy)
     names = list(names) if names is not None else [p.name for p in paths]
     return Views(images=images, names=names), transforms
@@ -428,7 +428,7 @@ def load_image_bytes(blobs: Sequence[bytes], policy: ImageLoadPolicy | None = No
     if not blobs:
         raise ManyviewError("no images given", label)
     names = list(names) or [f"{i:05d}" for i in range(len(blobs))]
-    openers = [partial(_open, Path(f"{label} [{name}]"), policy.max_pixels, False, data=bytes(blob))
+    openers = [partial(open_image, Path(f"{label} [{name}]"), policy.max_pixels, False, data=bytes(blob))
                for blob, name in zip(blobs, names)]
     images, transforms = _load_batch(openers, policy)
     return Views(images=images, names=names), transforms

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory, atomic_open, atomic_path
-from manyview.io.images import (ImageLoadPolicy, _open, apply_to_cameras, encode_jpeg, load_image_bytes,
+from manyview.io.images import (ImageLoadPolicy, open_image, apply_to_cameras, encode_jpeg, load_image_bytes,
                                 load_image_files, natural_key, write_image)
 from manyview.scene import Cameras, Views
 
@@ -281,7 +281,7 @@ def read_lvsm_scene(path: str | os.PathLike, policy: ImageLoadPolicy | None = No
     policy = replace(policy or ImageLoadPolicy(), exif_orientation=False)
     sizes = []
     for p in paths:
-        op = _open(p, policy.max_pixels, False)
+        op = open_image(p, policy.max_pixels, False)
         op.image.close()
         sizes.append(op.raw_size)
     cams = Cameras.from_w2c(torch.stack(f), torch.stack(w2c), torch.tensor(sizes, dtype=torch.int64))

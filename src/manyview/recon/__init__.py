@@ -13,8 +13,9 @@ from manyview.recon.global_alignment import (
     global_alignment,
 )
 from manyview.recon.pairs import make_pairs
+from manyview.recon.sfm import SfmResult, run_colmap_sfm
 
 __all__ = [
     "CameraEstimate", "GlobalAlignmentConfig", "GlobalAlignmentResult", "PointCloudOptimizer",
-    "build_reconstruction", "estimate_cameras", "global_alignment", "make_pairs", "recover_cameras",
+    "SfmResult", "build_reconstruction", "estimate_cameras", "global_alignment", "make_pairs", "recover_cameras", "run_colmap_sfm",
 ]

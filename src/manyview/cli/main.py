@@ -16,14 +16,20 @@ from manyview.errors import ManyviewError
 
 
 def _commands() -> dict[str, type]:
+    from manyview.cli.eval import Eval
     from manyview.cli.info import Info
+    from manyview.cli.nvs import NVS
     from manyview.cli.reconstruct import Reconstruct
     from manyview.cli.synth import Synth
+    from manyview.cli.train import Train
 
     return {
         "synth": Synth,
         "info": Info,
         "reconstruct": Reconstruct,
+        "nvs": NVS,
+        "train": Train,
+        "eval": Eval,
     }
 
 

@@ -13,7 +13,10 @@ import tyro
 
 from manyview.errors import ManyviewError
 
-BUNDLED = "assets/fast3r_bundled"  # inside the package: config.json + model.safetensors, when shipped
+
+def bundled_model_dir() -> Path:
+    """Where the package keeps its bundled Fast3R (config.json + model.safetensors), when it ships one."""
+    return Path(str(resources.files("manyview").joinpath("assets", "fast3r_bundled")))
 
 
 @dataclass
@@ -61,30 +64,33 @@ class Reconstruct:
         from manyview.io.atomic import atomic_directory, atomic_open
         from manyview.io.dataset import MARKER, write_dataset
         from manyview.io.gltf import write_glb
+        from manyview.io.images import list_images
         from manyview.recon import GlobalAlignmentConfig
-        from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise
+        from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise, select_views
         from manyview.scene import Views
 
         t0 = time.perf_counter()
         out = Path(self.out)
+        if not self.images:
+            raise ManyviewError("no images given: pass a folder of images or image files")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
             raise ManyviewError("refusing to replace: not an empty folder or an earlier manyview output", out)
         if self.max_points < 1:
             raise ManyviewError(f"--max-points must be >= 1, got {self.max_points}")
         net, kind, weights = self._load_model()
+        files = list_images(self.images[0]) if len(self.images) == 1 and self.images[0].is_dir() else self.images
+        files = [files[i] for i in select_views(len(files), self.max_views)]
         # Every image is decoded before anything runs: a corrupt file fails here, naming it, with nothing written.
-        source = self.images[0] if len(self.images) == 1 and self.images[0].is_dir() else list(self.images)
-        images, names = load_inputs(source, size=self.size, patch_size=net.patch_size)
+        images, names = load_inputs(files, size=self.size, patch_size=net.patch_size)
         if kind == "fast3r":
-            rec = reconstruct(images, net, max_views=self.max_views, device=self.device, dtype=self.dtype,
-                              image_index_seed=self.seed, min_conf_percentile=self.min_conf_percentile)
+            rec = reconstruct(images, net, device=self.device, dtype=self.dtype, image_index_seed=self.seed,
+                              min_conf_percentile=self.min_conf_percentile)
         else:
             rec = reconstruct_pairwise(images, net, graph=self.graph,
                                        ga=GlobalAlignmentConfig(iterations=self.ga_iterations),
-                                       batch_size=self.batch_size, max_views=self.max_views, device=self.device,
-                                       dtype=self.dtype, min_conf_percentile=self.min_conf_percentile)
-        selected = rec.info["selected_views"]
-        rec_names = [names[i] for i in selected]
+                                       batch_size=self.batch_size, device=self.device, dtype=self.dtype,
+                                       min_conf_percentile=self.min_conf_percentile)
+        rec_names = names
         points = rec.points.subsample(self.max_points)
         info = rec.info
         summary = {
@@ -94,7 +100,7 @@ class Reconstruct:
             "points_kept": info["num_points"], "points_written": len(points),
             "min_conf_percentile": self.min_conf_percentile,
         }
-        for key in ("pnp_success", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
+        for key in ("pnp_success", "focal_fallback", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
             if key in info:
                 summary[key] = info[key]
         with atomic_directory(out) as tmp:
@@ -115,9 +121,10 @@ class Reconstruct:
         from manyview.models.pairwise import PairwiseNet
 
         if self.weights is None:
-            bundled = Path(str(resources.files("manyview").joinpath(BUNDLED)))
+            bundled = bundled_model_dir()
             if self.model == "pairwise" or not (bundled / CONFIG_NAME).is_file():
-                what = "no bundled pairwise model" if self.model == "pairwise" else "no bundled model in this installation"
+                what = ("no bundled pairwise model" if self.model == "pairwise"
+                        else "no bundled model in this installation")
                 raise ManyviewError(f"{what}; pass --weights NAME_OR_PATH (a folder with config.json and "
                                     "model.safetensors, or a Hugging Face repo id)")
             return Fast3R.from_pretrained(bundled), "fast3r", "bundled:fast3r_bundled"

@@ -149,7 +149,8 @@ class PairwiseConfig:
             problems.append("enc_depth must be >= 1")
         if (len(self.depth_mode) != 3 or self.depth_mode[0] not in ("exp", "square", "linear")
                 or self.depth_mode[1] != -_INF or self.depth_mode[2] != _INF):
-            problems.append(f"depth_mode {self.depth_mode!r} is not supported (expected [exp|square|linear, -inf, inf])")
+            problems.append(f"depth_mode {self.depth_mode!r} is not supported "
+                            "(expected [exp|square|linear, -inf, inf])")
         if not self.conf_mode or len(self.conf_mode) != 3 or self.conf_mode[0] not in ("exp", "sigmoid"):
             problems.append(f"conf_mode {self.conf_mode!r} is not supported (expected [exp|sigmoid, min, max])")
         if self.layer_dims is not None and len(self.layer_dims) != 4:

@@ -1,0 +1,162 @@
+"""``manyview reconstruct`` end to end on real photos with a randomly initialised tiny model, and its refusals."""
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from manyview.cli import reconstruct as cli_reconstruct
+from manyview.cli.main import main
+from manyview.io.gltf import GLB_MAGIC
+from manyview.io.ply import read_ply
+from manyview.io.transforms_json import read_transforms_json
+from manyview.models.fast3r import Fast3R
+from manyview.models.pairwise import PairwiseConfig, PairwiseNet
+
+FAMILY = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "family"
+needs_family = pytest.mark.skipif(not FAMILY.is_dir(), reason=f"real data not found at {FAMILY}")
+
+
+@pytest.fixture(scope="module")
+def fast3r_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return Fast3R("tiny").save_pretrained(tmp_path_factory.mktemp("fast3r_tiny"))
+
+
+def _run(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip()
+
+
+@needs_family
+def test_reconstructs_real_photos_into_readable_files(fast3r_dir, tmp_path, capsys):
+    import pycolmap
+
+    out = tmp_path / "out"
+    code, err = _run(capsys, "reconstruct", FAMILY, "--weights", fast3r_dir, "--out", out, "--max-views", 4,
+                     "--size", 64, "--device", "cpu")
+    assert code == 0, err
+    names = ["000.jpg", "009.jpg", "019.jpg", "028.jpg"]  # 4 evenly spaced of 29
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["views"] == 4 and summary["names"] == names and summary["model"] == "fast3r"
+    assert summary["image_size"] == [32, 64] and summary["weights"] == str(fast3r_dir)
+    assert summary["mean_confidence"] > 1 and summary["memory"]["peak_bytes"] > 0
+    assert set(summary["time_s"]) == {"inference", "cameras", "total"} and summary["wall_time_s"] > 0
+
+    model = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert len(model.images) == 4 and len(model.points3D) == summary["points_written"] > 0
+    cam = next(iter(model.cameras.values()))
+    assert (cam.width, cam.height) == (64, 32) and cam.params[0] > 0  # untrained weights: the default focal
+    views = read_transforms_json(out / "transforms.json")  # its file paths point at the written images
+    assert views.images.shape == (4, 3, 32, 64)
+    by_name = {Path(im.name).stem: im for im in model.images.values()}
+    for i, name in enumerate(names):  # COLMAP and transforms.json hold the same poses
+        w2c = torch.from_numpy(by_name[Path(name).stem].cam_from_world().matrix()).float()
+        assert torch.allclose(views.cameras.w2c[i, :3], w2c, atol=1e-4)
+    cloud = read_ply(out / "points.ply")
+    assert len(cloud) == summary["points_written"] and cloud.rgb is not None
+    magic, version, length = struct.unpack("<III", (out / "scene.glb").read_bytes()[:12])
+    assert magic == GLB_MAGIC and version == 2 and length == (out / "scene.glb").stat().st_size
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no temporary folder left behind
+
+    # a second run replaces the earlier output
+    code, err = _run(capsys, "reconstruct", FAMILY / "000.jpg", FAMILY / "001.jpg", "--weights", fast3r_dir,
+                     "--out", out, "--size", 32, "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["views"] == 2
+
+
+@needs_family
+def test_pairwise_model_and_duplicate_images(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = PairwiseConfig(enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=16, dec_depth=4,
+                            dec_num_heads=2, feature_dim=8, last_dim=4, layer_dims=[4, 4, 8, 8])
+    weights = PairwiseNet(config).save_pretrained(tmp_path / "pairwise")
+    image = FAMILY / "003.jpg"
+    code, err = _run(capsys, "reconstruct", image, image, FAMILY / "004.jpg", "--weights", weights, "--out",
+                     tmp_path / "out", "--size", 32, "--ga-iterations", 3, "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == "pairwise" and summary["views"] == 3 and summary["num_pairs"] == 6
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 3  # duplicate names made unique
+
+
+def test_bundled_model_is_the_default(fast3r_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli_reconstruct, "bundled_model_dir", lambda: tmp_path / "absent")
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(2):
+        torch.manual_seed(k)
+        from manyview.io.images import write_image
+
+        write_image(images / f"{k}.png", torch.rand(3, 40, 56))
+    code, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "out", "--size", 32)
+    assert code == 2 and "--weights" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(cli_reconstruct, "bundled_model_dir", lambda: fast3r_dir)
+    code, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "out", "--size", 32, "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["weights"] == "bundled:fast3r_bundled"
+
+
+@needs_family
+def test_corrupt_image_among_good_ones_writes_nothing(fast3r_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("000.jpg", "001.jpg", "002.jpg"):
+        shutil.copy(FAMILY / name, folder / name)
+    (folder / "001.jpg").write_bytes((FAMILY / "001.jpg").read_bytes()[:600])  # truncated JPEG
+    code, err = _run(capsys, "reconstruct", folder, "--weights", fast3r_dir, "--out", tmp_path / "out",
+                     "--size", 32)
+    assert code == 2 and len(err.splitlines()) == 1 and "001.jpg" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (str(self.marker), "w"))
+
+
+@needs_family
+def test_bad_checkpoints_and_outputs_give_one_line_errors(fast3r_dir, tmp_path, capsys):
+    images = [FAMILY / "000.jpg", FAMILY / "001.jpg"]
+
+    def run(weights, out=tmp_path / "out"):
+        code, err = _run(capsys, "reconstruct", *images, "--weights", weights, "--out", out, "--size", 32)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(fast3r_dir, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config["decoder_args"]["embed_dim"] = 64
+    (wrong / "config.json").write_text(json.dumps(config))
+    assert "checkpoint does not fit the model: shape mismatch for decoder." in run(wrong)
+
+    unknown = tmp_path / "unknown"
+    shutil.copytree(fast3r_dir, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    config["head_args"]["colour_head"] = True
+    (unknown / "config.json").write_text(json.dumps(config))
+    assert "unknown fields in head_args: colour_head" in run(unknown)
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    shutil.copy(fast3r_dir / "config.json", evil / "config.json")
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.zeros(2), "evil": _Payload(marker)}, evil / "model.pt")
+    assert "refusing to load" in run(evil) and not marker.exists()
+
+    assert "no such file or folder" in run(tmp_path / "missing")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert "refusing to replace" in run(fast3r_dir, out=foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "out").exists()

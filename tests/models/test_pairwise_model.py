@@ -1,0 +1,234 @@
+"""Pairwise (DUSt3R-style) network: shapes, the decoder block's formula, symmetry, encoder caching, checkpoints."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from manyview.errors import ManyviewError
+from manyview.hub import deduplicate
+from manyview.models.fast3r import Fast3R
+from manyview.models.pairwise import PairwiseConfig, PairwiseNet, pairwise_config
+from manyview.nn.attention import attention_reference
+from manyview.nn.blocks import DecoderBlock
+from manyview.nn.embeddings import patch_positions
+from manyview.nn.rope import RoPE2D
+from manyview.recon.pairs import make_pairs
+
+MICRO = dict(enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=16, dec_depth=4, dec_num_heads=2,
+             feature_dim=8, last_dim=4, layer_dims=[4, 4, 8, 8])
+
+
+def _perturbed(model, seed=1):
+    """Non-trivial weights (no LayerNorm at 1, no zero bias) so that every part changes the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.add_(0.1 * noise if p.dim() == 1 else 0.2 * p.std() * noise)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return _perturbed(PairwiseNet(PairwiseConfig(**MICRO)))
+
+
+def _images(n, h=32, w=48, seed=0):
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_confidence_and_mixed_sizes(micro):
+    with torch.no_grad():
+        out = micro(_images(2), _images(2, seed=1))
+        mixed = micro(_images(2), _images(2, 48, 16, seed=2))
+    assert out.pts1.shape == (2, 32, 48, 3) and out.pts2_in_1.shape == (2, 32, 48, 3)
+    assert out.conf1.shape == (2, 32, 48) and out.conf2.shape == (2, 32, 48)
+    assert all(torch.isfinite(t).all() for t in out) and (out.conf1 > 1).all() and (out.conf2 > 1).all()
+    assert mixed.pts1.shape == (2, 32, 48, 3) and mixed.pts2_in_1.shape == (2, 48, 16, 3)
+    assert torch.allclose(mixed.pts1[0], micro(_images(1), _images(1, 48, 16, seed=2)).pts1[0], atol=1e-5)
+
+
+def test_each_view_depends_on_the_other(micro):
+    """Cross-attention is live: changing image 2 changes view 1's pointmap (and only through the decoder)."""
+    a, b, c = _images(1), _images(1, seed=1), _images(1, seed=2)
+    with torch.no_grad():
+        ab, ac = micro(a, b), micro(a, c)
+    assert (ab.pts1 - ac.pts1).abs().max() > 1e-4
+
+
+def test_decoder_block_matches_the_explicit_formula():
+    """x + SA(n1 x); x + CA(n2 x, n_y y) with RoPE by each sequence's own positions; x + MLP(n3 x)."""
+    torch.manual_seed(0)
+    rope = RoPE2D(100.0)
+    blk = _perturbed(DecoderBlock(16, 2, mlp_ratio=2.0, rope=rope))
+    x, y = torch.randn(2, 6, 16), torch.randn(2, 12, 16)
+    px, py = patch_positions(2, 3)[None], patch_positions(3, 4)[None]
+    tx, ty = rope.tables(px, 8), rope.tables(py, 8)
+    got = blk(x, y, tx, ty)
+
+    def heads(t):
+        return t.unflatten(-1, (2, 8)).transpose(1, 2)
+
+    def merge(t):
+        return t.transpose(1, 2).flatten(-2)
+
+    def rot(t, pos):  # RoPE2D of one (B, h, L, 8) tensor, written out: y rotates dims 0-3, x rotates dims 4-7
+        out = t.clone()
+        for half, coord in ((slice(0, 4), pos[..., 0]), (slice(4, 8), pos[..., 1])):
+            v = t[..., half]
+            freq = 1.0 / 100.0 ** (torch.arange(0, 4, 2).float() / 4)
+            ang = coord[:, None, :, None].float() * freq  # (B, 1, L, 2)
+            c, s = ang.cos(), ang.sin()
+            v1, v2 = v[..., :2], v[..., 2:]
+            out[..., half] = torch.cat([v1 * c - v2 * s, v2 * c + v1 * s], -1)
+        return out
+
+    a = blk.attn
+    h = blk.norm1(x)
+    q, k, v = (heads(t) for t in (h @ a.qkv.weight.T + a.qkv.bias).split(16, -1))
+    ref = x + merge(attention_reference(rot(q, px), rot(k, px), v)) @ a.proj.weight.T + a.proj.bias
+    c = blk.cross_attn
+    hq, hy = blk.norm2(ref), blk.norm_y(y)
+    q = heads(hq @ c.projq.weight.T + c.projq.bias)
+    k, v = heads(hy @ c.projk.weight.T + c.projk.bias), heads(hy @ c.projv.weight.T + c.projv.bias)
+    ref = ref + merge(attention_reference(rot(q, px), rot(k, py), v)) @ c.proj.weight.T + c.proj.bias
+    ref = ref + blk.mlp(blk.norm3(ref))
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_tied_decoders_and_heads_make_the_network_swap_equivariant(micro):
+    """With dec_blocks2 = dec_blocks and head2 = head1 the two streams are one function applied symmetrically,
+    so swapping the images swaps the outputs exactly; the trained asymmetric network has no such symmetry."""
+    tied = PairwiseNet(micro.config)
+    tied.load_state_dict(micro.state_dict())
+    tied.dec_blocks2.load_state_dict(tied.dec_blocks.state_dict())
+    tied.downstream_head2.load_state_dict(tied.downstream_head1.state_dict())
+    a, b = _images(2), _images(2, seed=1)
+    with torch.no_grad():
+        ab, ba = tied.eval()(a, b), tied(b, a)
+        uab, uba = micro(a, b), micro(b, a)
+    assert torch.allclose(ab.pts1, ba.pts2_in_1, atol=1e-5) and torch.allclose(ab.conf2, ba.conf1, atol=1e-5)
+    assert torch.allclose(ab.pts2_in_1, ba.pts1, atol=1e-5)
+    assert (uab.pts1 - uba.pts2_in_1).abs().max() > 1e-3  # the real (untied) network is asymmetric
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_cached_encoder_matches_per_pair_encoding(micro, batch_size):
+    images = _images(4)
+    edges = make_pairs(4, "complete")
+    cached = micro.infer_pairs(images, edges, batch_size=batch_size)
+    reference = micro.infer_pairs(images, edges, batch_size=3, cache_encoder=False)
+    assert cached.edges == edges and cached.pts_i.shape == (12, 32, 48, 3) and cached.conf_j.shape == (12, 32, 48)
+    for got, ref in zip(cached[1:], reference[1:]):
+        assert torch.allclose(got, ref, atol=1e-5)
+    with torch.no_grad():  # each row is the pair's own forward pass
+        i, j = edges[7]
+        one = micro(images[i:i + 1], images[j:j + 1])
+    assert torch.allclose(cached.pts_j[7], one.pts2_in_1[0], atol=1e-5)
+    assert torch.allclose(cached.conf_i[7], one.conf1[0], atol=1e-5)
+
+
+def test_landscape_only_runs_portrait_views_transposed(micro):
+    config = PairwiseConfig(**{**MICRO, "landscape_only": True})
+    model = PairwiseNet(config).eval()
+    model.load_state_dict(micro.state_dict())
+    a, b = _images(1, 48, 32), _images(1, 48, 32, seed=1)
+    with torch.no_grad():
+        got = model(a, b)
+        ref = micro(a.transpose(-1, -2), b.transpose(-1, -2))
+    assert got.pts1.shape == (1, 48, 32, 3)
+    assert torch.allclose(got.pts1, ref.pts1.transpose(1, 2), atol=1e-5)
+    assert torch.allclose(got.conf2, ref.conf2.transpose(1, 2), atol=1e-5)
+
+
+def test_save_pretrained_round_trip_has_the_dust3r_layout(micro, tmp_path):
+    micro.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["enc_embed_dim"] == 32 and config["dec_depth"] == 4 and config["head_type"] == "dpt"
+    loaded = PairwiseNet.from_pretrained(tmp_path)  # strict: no missing or unexpected key
+    keys = set(loaded.state_dict())
+    for key in ("patch_embed.proj.weight", "enc_blocks.0.attn.qkv.weight", "enc_norm.weight", "decoder_embed.weight",
+                "dec_blocks.3.cross_attn.projk.weight", "dec_blocks2.0.norm_y.bias", "dec_norm.weight",
+                "downstream_head1.dpt.head.4.weight", "downstream_head2.dpt.scratch.refinenet4.out_conv.weight"):
+        assert key in keys
+    assert not any(k.startswith("encoder.") for k in keys)
+    a, b = _images(1), _images(1, seed=3)
+    with torch.no_grad():
+        for x, y in zip(micro(a, b), loaded(a, b)):
+            assert torch.equal(x, y)
+
+
+def test_loads_dust3r_checkpoints_with_mask_token_and_without_second_decoder(micro, tmp_path):
+    """DUSt3R files carry CroCo's unused mask_token; CroCo-initialised files lack dec_blocks2 (copied over)."""
+    tensors, aliases = deduplicate(micro.state_dict())
+    tensors = {k: v.contiguous() for k, v in tensors.items() if not k.startswith("dec_blocks2.")}
+    tensors["mask_token"] = torch.zeros(1, 1, 16)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=aliases)
+    (tmp_path / "config.json").write_text(json.dumps(micro.config.to_dict()))
+    loaded = PairwiseNet.from_pretrained(tmp_path)
+    for (k1, v1), (k2, v2) in zip(loaded.dec_blocks.state_dict().items(), loaded.dec_blocks2.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_wrong_shapes_and_unknown_config_fields_are_clear(micro, tmp_path):
+    micro.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "dec_embed_dim": 24, "dec_num_heads": 2}))
+    mismatch = r"shape mismatch for dec_blocks.0.attn.proj.bias: checkpoint \(16,\) vs model \(24,\)"
+    with pytest.raises(ManyviewError, match=mismatch):
+        PairwiseNet.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "enc_widht": 3}))
+    with pytest.raises(ManyviewError, match="unknown fields enc_widht"):
+        PairwiseNet.from_pretrained(tmp_path)
+
+
+# Counted from the architecture. The official AsymmetricCroCo3DStereo in the DUSt3R 512 DPT configuration has
+# 571,171,208 parameters including CroCo's unused 768-d mask_token, i.e. 571,170,440 without it.
+EXPECTED = {"dust3r_512_dpt": 571_170_440, "base": 571_170_440, "tiny": 6_953_672}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_parameter_counts(name):
+    with torch.device("meta"):
+        model = PairwiseNet(name)
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED[name]
+
+
+def test_matching_preset_shares_encoder_and_head_shapes_with_fast3r():
+    with torch.device("meta"):
+        fast3r, pairwise = Fast3R("tiny"), PairwiseNet(pairwise_config("tiny"))
+    enc = {k: v.shape for k, v in fast3r.encoder.state_dict().items()}
+    assert enc == {k: v.shape for k, v in pairwise.state_dict().items() if k.split(".")[0] in
+                   ("patch_embed", "enc_blocks", "enc_norm")}
+    head = {k: v.shape for k, v in fast3r.downstream_head.state_dict().items()}
+    assert head == {k: v.shape for k, v in pairwise.downstream_head1.state_dict().items()}
+    c = pairwise.config
+    d = fast3r.config.decoder_args
+    assert (c.dec_embed_dim, c.dec_depth, c.dec_num_heads) == (d.embed_dim, d.depth, d.num_heads)
+
+
+def test_bad_inputs_and_configs(micro):
+    with pytest.raises(ManyviewError, match="multiple of the patch size"):
+        micro(_images(1, 30, 48), _images(1))
+    with pytest.raises(ManyviewError, match="same number of pairs"):
+        micro(_images(2), _images(1))
+    with pytest.raises(ManyviewError, match="outside 0..3"):
+        micro.infer_pairs(_images(4), [(0, 4)])
+    with pytest.raises(ManyviewError, match="head dimension"):
+        PairwiseConfig(**{**MICRO, "dec_embed_dim": 12, "dec_num_heads": 2})
+    with pytest.raises(ManyviewError, match="only dpt/pts3d"):
+        PairwiseConfig(head_type="linear")
+    with pytest.raises(ManyviewError, match="unknown pairwise preset"):
+        PairwiseNet("huge")
+    assert math.isinf(PairwiseConfig().depth_mode[2])
+
+
+def test_freeze_encoder_as_dust3r():
+    model = PairwiseNet(PairwiseConfig(**{**MICRO, "freeze": "encoder"}))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("patch_embed.", "enc_blocks.")) for n in frozen)
+    assert model.enc_norm.weight.requires_grad and model.decoder_embed.weight.requires_grad

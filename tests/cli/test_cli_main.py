@@ -1,0 +1,54 @@
+"""The command line: every subcommand documents itself, and bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from manyview.cli.main import _commands, main
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_info_on_a_missing_path_is_one_line_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["info", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and "Traceback" not in err
+
+
+def test_info_on_an_empty_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path) in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from manyview.errors import ManyviewError
+
+    with pytest.raises(ManyviewError):
+        main(["info", str(tmp_path / "nowhere"), "--debug"])
+
+
+def test_synth_writes_a_dataset_that_info_describes(tmp_path, capsys):
+    out = tmp_path / "scene"
+    assert main(["synth", "--out", str(out), "--kind", "room", "--views", "3", "--height", "48", "--width", "64"]) == 0
+    assert main(["info", str(out), "--json"]) == 0
+    described = capsys.readouterr().out
+    assert '"num_views": 3' in described
+
+
+def test_console_script_exit_status(tmp_path):
+    # The installed entry point, as a user runs it: non-zero exit, one line on stderr, nothing on stdout.
+    result = subprocess.run([sys.executable, "-m", "manyview.cli.main", "info", str(tmp_path / "x")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -323,7 +323,7 @@ def _box_to_stored(box: tuple[float, float, float, float], orientation: int, upr
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
-def _plan(upright_hw: tuple[int, int], target: tuple[int, int],
+def plan_resize_and_crop(upright_hw: tuple[int, int], target: tuple[int, int],
           crop: str) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """(resized (H, W), crop (top, left, H, W)) bringing an image of ``upright_hw`` to ``target``."""
     h, w = upright_hw
@@ -336,7 +336,7 @@ def _plan(upright_hw: tuple[int, int], target: tuple[int, int],
 
 
 def _load_one(op: _Opened, target: tuple[int, int], policy: ImageLoadPolicy) -> tuple[np.ndarray, ImageTransform]:
-    resized, crop = _plan(op.upright_size, target, policy.crop)
+    resized, crop = plan_resize_and_crop(op.upright_size, target, policy.crop)
     top, left, th, tw = crop
     H0, W0 = op.upright_size
     # The crop as a region of the upright original, then of the stored pixels: resampling is done once, straight

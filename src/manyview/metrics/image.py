@@ -55,8 +55,11 @@ def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> Tensor:
 
 
 def ssim(pred: Tensor, gt: Tensor, data_range: float = 1.0, sigma: float = 1.5, K1: float = 0.01,
-         K2: float = 0.03) -> Tensor:
-    """Mean structural similarity per image (...), as scikit-image computes it (see module docstring)."""
+         K2: float = 0.03, sample_covariance: bool = False) -> Tensor:
+    """Mean structural similarity per image (...), as scikit-image computes it (see module docstring).
+
+    ``sample_covariance=True`` matches scikit-image's default ``use_sample_covariance=True`` instead: (co)variances
+    scaled by n / (n - 1) with n = 11 x 11, which is what pixelSplat / MVSplat / LVSM evaluations call."""
     _check_pair(pred, gt)
     c, h, w = pred.shape[-3:]
     k = _gaussian_kernel(sigma, 3.5, pred.dtype, pred.device)
@@ -70,6 +73,9 @@ def ssim(pred: Tensor, gt: Tensor, data_range: float = 1.0, sigma: float = 1.5, 
     stack = blur(torch.cat([x, y, x * x, y * y, x * y], dim=1).view(-1, 1, h, w)).view(x.shape[0], 5, -1)
     ux, uy, uxx, uyy, uxy = stack.unbind(1)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    if sample_covariance:
+        n = k.numel() ** 2
+        vx, vy, vxy = (v * (n / (n - 1)) for v in (vx, vy, vxy))
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.mean(-1).view(pred.shape[:-3] + (c,)).mean(-1)

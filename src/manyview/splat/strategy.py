@@ -1,0 +1,139 @@
+"""3DGS adaptive density control (clone, split, prune, opacity reset) as a dataclass strategy.
+
+The protocol is gsplat's: ``state = strategy.initialize_state(n)``; per step ``strategy.step_pre_backward(out)``
+(keeps the gradient of the projected means), ``loss.backward()``, then ``strategy.step_post_backward(params,
+optimizers, state, step, out)``, which edits ``params`` (a dict of ``nn.Parameter`` named like the fields of
+:class:`~manyview.splat.gaussians.Gaussians`) and the Adam state of ``optimizers`` (one optimizer per name) in
+place. New Gaussians start with zero optimiser moments.
+
+Densification statistic: the norm of the gradient of each projected mean in normalised device units
+(pixels x (W/2, H/2)), times the number of cameras in the batch (the loss is taken to average over them, as in
+gsplat's trainer), averaged over the steps in which the Gaussian was visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from manyview.geometry.rotation import quaternion_to_matrix
+from manyview.splat.types import RenderOutput
+
+Params = dict[str, torch.nn.Parameter]
+Optimizers = dict[str, torch.optim.Optimizer]
+
+
+@dataclass
+class DensifyStrategy:
+    prune_opa: float = 0.005  # prune below this opacity
+    grow_grad2d: float = 0.0002  # densify above this mean projected-gradient norm
+    grow_scale3d: float = 0.01  # clone if the largest scale is below this x scene scale, else split
+    prune_scale3d: float = 0.1  # after the first opacity reset, prune larger than this x scene scale
+    split_factor: float = 1.6  # a split Gaussian's two children have scales / split_factor
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3000  # opacity reset to 2 x prune_opa (3DGS: 0.01)
+
+    def initialize_state(self, n: int, device=None) -> dict[str, Tensor]:
+        return {"grad2d": torch.zeros(n, device=device), "count": torch.zeros(n, device=device)}
+
+    def step_pre_backward(self, out: RenderOutput) -> None:
+        out.means2d.retain_grad()
+
+    @torch.no_grad()
+    def step_post_backward(self, params: Params, optimizers: Optimizers, state: dict[str, Tensor], step: int,
+                           out: RenderOutput, scene_scale: float = 1.0, generator: torch.Generator | None = None
+                           ) -> dict[str, int]:
+        """Accumulate statistics and, on schedule, densify / prune / reset. Returns what changed."""
+        report = {"cloned": 0, "split": 0, "pruned": 0, "reset": 0}
+        if step < self.refine_stop_iter:
+            self._accumulate(state, out)
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            report.update(self._refine(params, optimizers, state, step, scene_scale, generator))
+        if step % self.reset_every == 0 and step > 0:
+            value = torch.logit(torch.tensor(2 * self.prune_opa)).item()
+            _edit(params, optimizers, {"opacity_logits": lambda p: p.clamp(max=value)}, reset_state=("opacity_logits",))
+            report["reset"] = 1
+        return report
+
+    # ----------------------------------------------------------------- internals
+    def _accumulate(self, state: dict[str, Tensor], out: RenderOutput) -> None:
+        grad = out.means2d.grad  # (C, P, 2) pixels
+        if grad is None:
+            raise RuntimeError("means2d has no gradient: call step_pre_backward(out) before loss.backward()")
+        C = grad.shape[0]
+        h, w = out.rgb.shape[-2:]
+        scaled = grad * torch.tensor([w / 2 * C, h / 2 * C], device=grad.device, dtype=grad.dtype)
+        visible = (out.radii > 0).all(-1)  # (C, P)
+        norms = torch.where(visible, scaled.norm(dim=-1), torch.zeros_like(scaled[..., 0]))
+        state["grad2d"] += norms.sum(0).to(state["grad2d"])
+        state["count"] += visible.sum(0).to(state["count"])
+
+    def _refine(self, params: Params, optimizers: Optimizers, state: dict[str, Tensor], step: int,
+                scene_scale: float, generator) -> dict[str, int]:
+        avg = state["grad2d"] / state["count"].clamp_min(1)
+        high = avg > self.grow_grad2d
+        small = params["log_scales"].exp().amax(-1) <= self.grow_scale3d * scene_scale
+        clone, split = high & small, high & ~small
+        n_clone, n_split = int(clone.sum()), int(split.sum())
+
+        # clone: copies appended (the originals stay); split: two samples from the parent, parent removed
+        rots = quaternion_to_matrix(params["quats"][split])
+        scales = params["log_scales"][split].exp()
+        noise = torch.randn((2, n_split, 3), generator=generator, device=scales.device, dtype=scales.dtype)
+        offsets = torch.einsum("nij,nj,bnj->bni", rots, scales, noise).reshape(-1, 3)
+        keep = ~split
+
+        def grow(name: str) -> Callable[[Tensor], Tensor]:
+            def fn(p: Tensor) -> Tensor:
+                children = p[split].repeat(2, *([1] * (p.dim() - 1)))
+                if name == "means":
+                    children = children + offsets
+                elif name == "log_scales":
+                    children = children - math.log(self.split_factor)
+                return torch.cat([p[keep], p[clone], children])
+            return fn
+
+        _edit(params, optimizers, {name: grow(name) for name in params},
+              state_fn=lambda v: torch.cat([v[keep], torch.zeros((n_clone + 2 * n_split, *v.shape[1:]), device=v.device,
+                                                                dtype=v.dtype)]))
+
+        prune = torch.sigmoid(params["opacity_logits"]) < self.prune_opa
+        if step > self.reset_every:
+            prune |= params["log_scales"].exp().amax(-1) > self.prune_scale3d * scene_scale
+        survivors = ~prune
+        _edit(params, optimizers, {name: (lambda p: p[survivors]) for name in params},
+              state_fn=lambda v: v[survivors])
+        n = params["means"].shape[0]
+        state["grad2d"] = torch.zeros(n, device=state["grad2d"].device)
+        state["count"] = torch.zeros(n, device=state["count"].device)
+        return {"cloned": n_clone, "split": n_split, "pruned": int(prune.sum())}
+
+
+def _edit(params: Params, optimizers: Optimizers, fns: dict[str, Callable[[Tensor], Tensor]],
+          state_fn: Callable[[Tensor], Tensor] | None = None, reset_state: tuple[str, ...] = ()) -> None:
+    """Replace params[name] by fns[name](param) and keep each optimizer consistent: per-Gaussian moments go
+    through ``state_fn`` (rows follow the Gaussians) or, for names in ``reset_state``, are zeroed."""
+    for name, fn in fns.items():
+        old = params[name]
+        new = torch.nn.Parameter(fn(old.data), requires_grad=old.requires_grad)
+        opt = optimizers.get(name)
+        if opt is not None:
+            for group in opt.param_groups:
+                for i, p in enumerate(group["params"]):
+                    if p is not old:
+                        continue
+                    moments = opt.state.pop(old, {})
+                    for key, value in moments.items():
+                        if key == "step" or not torch.is_tensor(value) or value.dim() == 0:
+                            continue
+                        moments[key] = torch.zeros_like(new.data) if name in reset_state else state_fn(value)
+                    group["params"][i] = new
+                    if moments:
+                        opt.state[new] = moments
+        params[name] = new

@@ -9,14 +9,6 @@ from manyview.models.efficient_lvsm import InputViewCache
 from manyview.nn.kv_cache import KVCache, concat_reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kv_store_equals_plain_concatenation_through_regrowth():
     g = torch.Generator().manual_seed(0)
     store = KVCache(n_layers=2)

@@ -15,15 +15,6 @@ from manyview.scene import Cameras
 TINY = ["lvsm-tiny", "lvsm-encoder-decoder-tiny", "efficient-lvsm-tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost, badly so on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def scene(b=2, v=3, h=16, w=24, seed=0, dtype=torch.float32):
     """Random posed views of one cluttered region: cameras on a small arc looking at the origin."""
     g = torch.Generator().manual_seed(seed)

@@ -17,15 +17,6 @@ TOL = 1e-5
 H, W = 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost, badly so on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fixture(name):
     folder = PARITY / name
     return folder, load_file(folder / "inputs.safetensors"), load_file(folder / "outputs.safetensors")

@@ -17,14 +17,6 @@ from manyview.models.lvsm_weights import (config_from_yaml, detect_variant, infe
 TINY = ["lvsm-tiny", "lvsm-encoder-decoder-tiny", "efficient-lvsm-tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def official_keys(name: str) -> set[str]:
     """State-dict keys of the official modules (Haian-Jin/LVSM, Ayakaee/Efficient-LVSM), written out by hand."""
     c = CONFIGS[name]

@@ -26,15 +26,6 @@ from manyview.scene import Cameras
 H, W, F = 24, 32, 28.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: on a shared 2-core machine, intra-op threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _room_depth(cams: Cameras) -> torch.Tensor:
     """(N, H, W) z-depth inside the box [-3, 3] x [-2, 2] x [-4, 6] holding a cube of side 1.6 at (0.5, 0.6, 3)."""
     o, d = pixel_rays(cams.fxfycxcy, cams.c2w, H, W, 0.5, normalize=False)  # d has camera z = 1: t is z-depth

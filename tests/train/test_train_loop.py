@@ -15,15 +15,6 @@ from manyview.train.toy import ToyConfig, ToyTask, ToyTransformer
 from manyview.train.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two intra-op threads on a loaded 2-core machine make these tiny steps ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Crash(Exception):
     pass
 

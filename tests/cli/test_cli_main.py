@@ -52,3 +52,12 @@ def test_console_script_exit_status(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_accepts_preset_as_an_option():
+    from manyview.cli.main import _preset_as_subcommand
+
+    assert _preset_as_subcommand(["train", "fast3r", "--preset", "bundled", "--out", "x"]) == \
+        ["train", "fast3r", "bundled", "--out", "x"]
+    assert _preset_as_subcommand(["train", "lvsm", "--preset=tiny"]) == ["train", "lvsm", "tiny"]
+    assert _preset_as_subcommand(["info", "--preset", "x"]) == ["info", "--preset", "x"]

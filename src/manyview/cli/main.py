@@ -20,6 +20,8 @@ def _commands() -> dict[str, type]:
     from manyview.cli.info import Info
     from manyview.cli.nvs import NVS
     from manyview.cli.reconstruct import Reconstruct
+    from manyview.cli.render import Render
+    from manyview.cli.splat import Splat
     from manyview.cli.synth import Synth
     from manyview.cli.train import Train
 
@@ -30,13 +32,27 @@ def _commands() -> dict[str, type]:
         "nvs": NVS,
         "train": Train,
         "eval": Eval,
+        "splat": Splat,
+        "render": Render,
     }
+
+
+def _preset_as_subcommand(args: list[str]) -> list[str]:
+    """``train MODEL --preset NAME ...`` -> ``train MODEL NAME ...`` (presets are tyro subcommands)."""
+    if len(args) < 2 or args[0] != "train":
+        return args
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            return args[:2] + [args[i + 1]] + args[2:i] + args[i + 2:]
+        if arg.startswith("--preset="):
+            return args[:2] + [arg.split("=", 1)[1]] + args[2:i] + args[i + 1:]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    args = _preset_as_subcommand([a for a in args if a != "--debug"])
     try:
         command = tyro.extras.subcommand_cli_from_dict(
             _commands(), args=args, prog="manyview",

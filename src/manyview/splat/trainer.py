@@ -1,0 +1,364 @@
+"""Training Gaussians from posed images, the 3DGS recipe.
+
+Per step: one training view (a random permutation per epoch), render, loss ``(1 - l) L1 + l (1 - SSIM)``
+(``lambda_dssim = 0.2``, SSIM with the 11-tap Gaussian window of ``manyview.metrics.image.ssim``, which is
+differentiable), Adam per parameter with 3DGS's learning rates (means: ``1.6e-4 x extent`` decaying
+exponentially to ``1.6e-6 x extent``), SH degree raised by one every 1000 steps, densification by
+:class:`~manyview.splat.strategy.DensifyStrategy`. Views with ``i % 8 == 0`` are held out (Mip-NeRF 360 / 3DGS).
+
+Output folder::
+
+    splat.ply                 the final Gaussians (3DGS PLY, written atomically at the end)
+    transforms.json           the cameras trained on (nerfstudio layout; image paths are the dataset's names)
+    eval.json                 held-out PSNR / SSIM / LPIPS per view and mean, PSNR history, timings
+    checkpoints/step_NNNNNN/  the latest checkpoint: gaussians/optimizer/strategy .safetensors + state.pt
+
+A checkpoint holds everything the next step reads (Gaussians, Adam moments, densification statistics, RNG
+states, the epoch's remaining view order, the step), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from manyview.errors import ManyviewError
+from manyview.io.atomic import atomic_directory, atomic_open
+from manyview.metrics.image import lpips, lpips_available, psnr, ssim
+from manyview.progress import progress
+from manyview.scene import PointCloud, Views
+from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
+from manyview.splat.init import from_points, random_in_box
+from manyview.splat.ply import write_ply
+from manyview.splat.render import render
+from manyview.splat.strategy import DensifyStrategy
+
+CHECKPOINT_DIR = "checkpoints"
+PLY_NAME = "splat.ply"
+EVAL_NAME = "eval.json"
+CAMERAS_NAME = "transforms.json"  # the dataset's cameras, for ``manyview render --orbit``
+
+
+@dataclass
+class SplatTrainConfig:
+    iterations: int = 30_000
+    sh_degree: int = 3
+    sh_increase_every: int = 1000  # active SH degree = min(sh_degree, step // sh_increase_every)
+    lr_means: float = 1.6e-4  # x scene extent
+    lr_means_final: float = 1.6e-6  # x scene extent, reached at the last iteration
+    lr_sh_dc: float = 2.5e-3
+    lr_sh_rest: float = 2.5e-3 / 20
+    lr_opacity: float = 0.025  # recent 3DGS (the paper: 0.05)
+    lr_scaling: float = 5e-3
+    lr_rotation: float = 1e-3
+    lambda_dssim: float = 0.2
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    random_background: bool = False  # a random background colour per step (evaluation uses ``background``)
+    test_every: int = 8  # views with i % test_every == 0 are held out; 0 trains on all views
+    eval_every: int = 0  # held-out PSNR every N steps into eval.json's history (0: only at the end)
+    checkpoint_every: int = 1000  # 0: no checkpoints except at the end
+    max_init_points: int = 100_000  # initial points are subsampled to at most this many
+    random_init_points: int = 10_000  # Gaussians in the cameras' bounding box when the dataset has no points
+    init_opacity: float = 0.1
+    backend: str = "auto"
+    seed: int = 0
+    densify: DensifyStrategy = field(default_factory=DensifyStrategy)
+
+    def lr_means_at(self, step: int, extent: float) -> float:
+        """Log-linear interpolation from lr_means to lr_means_final over the run (3DGS's expon_lr_func)."""
+        t = min(max(step / max(self.iterations, 1), 0.0), 1.0)
+        return extent * math.exp((1 - t) * math.log(self.lr_means) + t * math.log(self.lr_means_final))
+
+
+def scene_extent(views: Views) -> float:
+    """3DGS's ``cameras_extent``: 1.1 x the largest distance of a camera centre from their mean."""
+    centers = views.cameras.centers.double()
+    radius = (centers - centers.mean(0)).norm(dim=-1).max().item()
+    return 1.1 * radius if radius > 0 else 1.0
+
+
+def split_views(n: int, test_every: int = 8) -> tuple[list[int], list[int]]:
+    """(train, test) indices: test views are those with ``i % test_every == 0`` (none when test_every is 0 or n < 2)."""
+    if test_every <= 0 or n < 2:
+        return list(range(n)), []
+    test = [i for i in range(n) if i % test_every == 0]
+    return [i for i in range(n) if i % test_every != 0], test
+
+
+def check_views(views: Views, where=None) -> None:
+    """Posed views whose image size matches each camera's, else a ManyviewError naming the first culprit."""
+    if views.cameras is None:
+        raise ManyviewError("these views have no camera poses; estimate them first with `manyview reconstruct` "
+                            "or manyview.recon.sfm.run_colmap_sfm", where)
+    h, w = views.images.shape[-2:]
+    for i, size in enumerate(views.cameras.image_size.reshape(-1, 2).tolist()):
+        if tuple(size) != (h, w):
+            name = views.names[i] if i < len(views.names) else f"view {i}"
+            raise ManyviewError(f"image {name} is {h}x{w} but its camera is {size[0]}x{size[1]}; resize the camera "
+                                f"with Cameras.resized or fix the dataset", where)
+    if not torch.isfinite(views.cameras.c2w).all() or not torch.isfinite(views.cameras.fxfycxcy).all():
+        raise ManyviewError("some cameras have non-finite poses or intrinsics (unregistered views?)", where)
+
+
+def initial_gaussians(views: Views, points: PointCloud | None, config: SplatTrainConfig) -> Gaussians:
+    """From ``points`` (subsampled to ``max_init_points``) or, without points, random in the cameras' box."""
+    if points is not None and len(points.xyz) > 0:
+        if not torch.isfinite(points.xyz).all():
+            raise ManyviewError("the initial point cloud has NaN or infinite coordinates")
+        if len(points.xyz) > config.max_init_points:
+            points = points.subsample(config.max_init_points, config.seed)
+        return from_points(points, sh_degree=config.sh_degree, opacity=config.init_opacity)
+    centers = views.cameras.centers.double()
+    return random_in_box(config.random_init_points, centers.amin(0), centers.amax(0), sh_degree=config.sh_degree,
+                         opacity=config.init_opacity, seed=config.seed)
+
+
+class SplatTrainer:
+    """Trains Gaussians on ``views`` (posed, one image size) into ``out_dir``.
+
+    ``points`` seed the Gaussians (else random in the cameras' box); ``gaussians`` overrides both.
+    """
+
+    def __init__(self, views: Views, out_dir: str | os.PathLike, config: SplatTrainConfig | None = None,
+                 points: PointCloud | None = None, gaussians: Gaussians | None = None):
+        self.config = config = config or SplatTrainConfig()
+        check_views(views)
+        self.views = views
+        self.out_dir = Path(out_dir)
+        self.train_ids, self.test_ids = split_views(len(views), config.test_every)
+        if not self.train_ids:
+            raise ManyviewError("no training views left after holding out the test views")
+        self.extent = scene_extent(views)
+        g = gaussians if gaussians is not None else initial_gaussians(views, points, config)
+        g = g.detach().to(torch.float32).with_sh_degree(config.sh_degree)
+        for name in PARAMETER_NAMES:
+            if not torch.isfinite(getattr(g, name)).all():
+                raise ManyviewError(f"the initial Gaussians have NaN or infinite {name}")
+        if len(g) == 0:
+            raise ManyviewError("no initial Gaussians")
+        self.params: dict[str, torch.nn.Parameter] = {n: torch.nn.Parameter(getattr(g, n).clone()) for n in PARAMETER_NAMES}
+        lrs = {"means": config.lr_means_at(0, self.extent), "log_scales": config.lr_scaling,
+               "quats": config.lr_rotation, "opacity_logits": config.lr_opacity, "sh_dc": config.lr_sh_dc,
+               "sh_rest": config.lr_sh_rest}
+        self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15) for n in PARAMETER_NAMES}
+        self.strategy = config.densify
+        self.strategy_state = self.strategy.initialize_state(len(g))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.order: list[int] = []  # the rest of this epoch's view order
+        self.step = 0
+        self.skipped: list[int] = []  # steps skipped for non-finite loss or gradients
+        self.history: list[dict] = []  # held-out PSNR during training
+        self.train_time = 0.0
+        self.resumed_from: int | None = None  # the checkpoint step train(resume=True) continued from
+
+    # ----------------------------------------------------------------- state
+    @property
+    def gaussians(self) -> Gaussians:
+        return Gaussians.from_dict({n: p.detach() for n, p in self.params.items()})
+
+    def _next_view(self) -> int:
+        if not self.order:
+            perm = torch.randperm(len(self.train_ids), generator=self.generator).tolist()
+            self.order = [self.train_ids[i] for i in perm]
+        return self.order.pop()
+
+    def _background(self) -> Tensor:
+        if self.config.random_background:
+            return torch.rand(3, generator=self.generator)
+        return torch.tensor(self.config.background, dtype=torch.float32)
+
+    def loss(self, pred: Tensor, gt: Tensor) -> Tensor:
+        """(1 - lambda) L1 + lambda (1 - SSIM) of (3, H, W) images."""
+        lam = self.config.lambda_dssim
+        l1 = (pred - gt).abs().mean()
+        return (1 - lam) * l1 + lam * (1 - ssim(pred, gt)) if lam > 0 else l1
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self) -> dict:
+        """One optimisation step; returns {'loss', 'psnr', 'skipped', **densification report}."""
+        cfg = self.config
+        self.step += 1
+        step = self.step
+        self.optimizers["means"].param_groups[0]["lr"] = cfg.lr_means_at(step, self.extent)
+        i = self._next_view()
+        background = self._background()
+        degree = min(cfg.sh_degree, step // cfg.sh_increase_every) if cfg.sh_increase_every > 0 else cfg.sh_degree
+        out = render(Gaussians.from_dict(self.params), self.views.cameras[i:i + 1], background=background,
+                     sh_degree=degree, backend=cfg.backend)
+        self.strategy.step_pre_backward(out)
+        gt = self.views.images[i].to(out.rgb)
+        loss = self.loss(out.rgb[0], gt)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip(step, "loss")
+        loss.backward()
+        if not all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params.values()) \
+                or not torch.isfinite(out.means2d.grad).all():
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            return self._skip(step, "gradients")
+        for opt in self.optimizers.values():
+            opt.step()
+        report = self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, out,
+                                                  scene_scale=self.extent, generator=self.generator)
+        with torch.no_grad():
+            value = psnr(out.rgb[0].detach().clamp(0, 1), gt).item()
+        return {"loss": loss.item(), "psnr": value, "skipped": False, **report}
+
+    def _skip(self, step: int, what: str) -> dict:
+        import warnings
+
+        self.skipped.append(step)
+        warnings.warn(f"splat training step {step}: non-finite {what}, step skipped", RuntimeWarning, stacklevel=3)
+        return {"loss": float("nan"), "psnr": float("nan"), "skipped": True}
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def render_views(self, ids: list[int]) -> Tensor:
+        """(len(ids), 3, H, W) renders over the configured background, clamped to [0, 1]."""
+        g = self.gaussians
+        bg = torch.tensor(self.config.background, dtype=torch.float32)
+        return torch.cat([render(g, self.views.cameras[i:i + 1], background=bg, backend=self.config.backend)
+                          .rgb.clamp(0, 1) for i in ids])
+
+    @torch.no_grad()
+    def evaluate(self, ids: list[int] | None = None, with_lpips: bool = True) -> dict:
+        """Per-view and mean PSNR / SSIM (and LPIPS when its weights are available) on ``ids`` (test views)."""
+        ids = self.test_ids if ids is None else ids
+        if not ids:
+            return {"views": [], "psnr": None, "ssim": None, "lpips": None}
+        pred = self.render_views(ids)
+        gt = self.views.images[ids].to(pred)
+        p, s = psnr(pred, gt), ssim(pred, gt)
+        lp = lpips(pred, gt) if with_lpips and lpips_available() else None
+        names = [self.views.names[i] if i < len(self.views.names) else str(i) for i in ids]
+        per_view = [{"name": n, "index": i, "psnr": float(p[k]), "ssim": float(s[k]),
+                     **({"lpips": float(lp[k])} if lp is not None else {})} for k, (n, i) in enumerate(zip(names, ids))]
+        return {"views": per_view, "psnr": float(p.mean()), "ssim": float(s.mean()),
+                "lpips": float(lp.mean()) if lp is not None else None}
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_dirs(self) -> list[Path]:
+        root = self.out_dir / CHECKPOINT_DIR
+        return sorted(root.glob("step_[0-9]*")) if root.is_dir() else []
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_NNNNNN atomically, then drop older checkpoints."""
+        from safetensors.torch import save_file
+
+        path = self.out_dir / CHECKPOINT_DIR / f"step_{self.step:06d}"
+        moments = {}
+        for name, opt in self.optimizers.items():
+            for key, value in opt.state.get(self.params[name], {}).items():
+                moments[f"{name}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+        with atomic_directory(path) as tmp:
+            save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "gaussians.safetensors"))
+            save_file(moments, str(tmp / "optimizer.safetensors"))
+            save_file({k: v.contiguous() for k, v in self.strategy_state.items()}, str(tmp / "strategy.safetensors"))
+            torch.save({"step": self.step, "order": list(self.order), "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "skipped": list(self.skipped),
+                        "history": json.dumps(self.history), "train_time": self.train_time,
+                        "num_views": len(self.views), "config": json.dumps(_config_dict(self.config))},
+                       tmp / "state.pt")
+        for old in self.checkpoint_dirs():
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> int:
+        """Restore from ``path`` (default: the latest checkpoint in out_dir); returns the restored step."""
+        from safetensors.torch import load_file
+
+        if path is None:
+            found = self.checkpoint_dirs()
+            if not found:
+                raise ManyviewError("no checkpoint to resume from", self.out_dir / CHECKPOINT_DIR)
+            path = found[-1]
+        path = Path(path)
+        try:
+            tensors = load_file(str(path / "gaussians.safetensors"))
+            moments = load_file(str(path / "optimizer.safetensors"))
+            strategy_state = load_file(str(path / "strategy.safetensors"))
+            state = torch.load(path / "state.pt", weights_only=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ManyviewError(f"unreadable checkpoint: {exc}", path) from exc
+        if state["num_views"] != len(self.views):
+            raise ManyviewError(f"checkpoint was trained on {state['num_views']} views, this dataset has "
+                                f"{len(self.views)}", path)
+        self.params = {n: torch.nn.Parameter(tensors[n].clone()) for n in PARAMETER_NAMES}
+        for name, opt in self.optimizers.items():
+            opt.param_groups[0]["params"] = [self.params[name]]
+            opt.state.clear()
+            own = {k.split(".", 1)[1]: v.clone() for k, v in moments.items() if k.split(".", 1)[0] == name}
+            if own:
+                opt.state[self.params[name]] = own
+        self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
+        self.step = int(state["step"])
+        self.order = [int(i) for i in state["order"]]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.skipped = [int(s) for s in state["skipped"]]
+        self.history = json.loads(state["history"])
+        self.train_time = float(state["train_time"])
+        self.optimizers["means"].param_groups[0]["lr"] = self.config.lr_means_at(self.step, self.extent)
+        return self.step
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, resume: bool = False, show_progress: bool = True, stop_at: int | None = None) -> dict:
+        """Run to ``config.iterations`` (or ``stop_at``), checkpointing on schedule; at the end write the PLY
+        and eval.json. Returns the evaluation dict. ``resume`` continues from the latest checkpoint if any."""
+        cfg = self.config
+        if resume and self.checkpoint_dirs():
+            self.resumed_from = self.load_checkpoint()
+        end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = progress(total=end, desc="splat", enabled=show_progress, initial=self.step)
+        start = time.perf_counter() - self.train_time
+        try:
+            while self.step < end:
+                info = self.train_step()
+                self.train_time = time.perf_counter() - start
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.test_ids:
+                    ev = self.evaluate(with_lpips=False)
+                    self.history.append({"step": self.step, "psnr": ev["psnr"], "gaussians": len(self.params["means"]),
+                                         "seconds": self.train_time})
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(loss=f"{info['loss']:.4f}", psnr=f"{info['psnr']:.2f}", n=len(self.params["means"]))
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        if self.step < cfg.iterations:
+            return {}
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Write splat.ply and eval.json for the current Gaussians; returns the evaluation."""
+        result = self.evaluate()
+        result.update({"step": self.step, "gaussians": len(self.params["means"]), "train_seconds": self.train_time,
+                       "seconds_per_step": self.train_time / max(self.step, 1), "skipped_steps": self.skipped,
+                       "resumed_from": self.resumed_from,
+                       "history": self.history, "test_views": self.test_ids, "train_views": self.train_ids,
+                       "config": _config_dict(self.config)})
+        write_ply(self.out_dir / PLY_NAME, self.gaussians)
+        from manyview.io.transforms_json import write_transforms_json
+
+        names = [self.views.names[i] if i < len(self.views.names) else f"{i:05d}.png" for i in range(len(self.views))]
+        write_transforms_json(self.out_dir / CAMERAS_NAME, self.views.cameras, names)
+        with atomic_open(self.out_dir / EVAL_NAME, "w") as f:
+            json.dump(result, f, indent=2)
+        return result
+
+
+def _config_dict(config: SplatTrainConfig) -> dict:
+    return asdict(config)

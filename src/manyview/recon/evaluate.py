@@ -27,6 +27,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -36,12 +37,11 @@ from torch import Tensor
 from manyview.errors import ManyviewError
 from manyview.metrics.geometry import reconstruction_metrics
 from manyview.metrics.pose import accuracy_at, mean_average_accuracy, relative_pose_errors
-from manyview.scene import Cameras, PointCloud
+from manyview.scene import Cameras
 
 POSE_KEYS = ("RRA@5", "RRA@15", "RTA@5", "RTA@15", "mAA@30")
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "fast3r_bundled"
+BUNDLED_WEIGHTS = Path(str(resources.files("manyview").joinpath("assets", "fast3r_bundled")))
 
-Method = Literal["fast3r", "colmap", "pairwise"]
 
 
 @dataclass
@@ -272,19 +272,20 @@ def summarize(records: list[dict[str, Any]], keys: Sequence[str] = ("method", "k
     for r in records:
         groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
     rows = []
+    skip = set(keys) | {"scene", "seed"}
     for key, rs in groups.items():
         row = dict(zip(keys, key))
         row["scenes"] = len(rs)
-        for field_name in rs[0]:
-            if field_name in keys or not isinstance(rs[0][field_name], (int, float)) or isinstance(rs[0][field_name], bool):
-                continue
-            if field_name in ("scene", "seed"):
-                continue
-            vals = [float(r[field_name]) for r in rs if isinstance(r.get(field_name), (int, float))
-                    and math.isfinite(float(r[field_name]))]
-            row[field_name] = sum(vals) / len(vals) if vals else math.nan
+        names = dict.fromkeys(k for r in rs for k, v in r.items() if k not in skip and _number(v))
+        for name in names:
+            vals = [float(r[name]) for r in rs if _number(r.get(name)) and math.isfinite(float(r[name]))]
+            row[name] = sum(vals) / len(vals) if vals else math.nan
         rows.append(row)
     return rows
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:

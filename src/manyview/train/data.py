@@ -1,0 +1,261 @@
+"""Multi-view training data: endless synthetic streams and finite dataset folders, in one sample format.
+
+A sample is a dict (collated into a micro-batch by ``default_collate``)::
+
+    images    (N, 3, H, W) float32 in [0, 1]
+    pts3d     (N, H, W, 3) float32 ground-truth world points (from z-depth; 0 where invalid)
+    valid     (N, H, W)    bool, depth > 0
+    c2w       (N, 4, 4)    float32 camera-to-world, OpenCV axes
+    fxfycxcy  (N, 4)       float32 pixels
+
+Variable N: every sample of one micro-batch must have the same number of views, so N is drawn per micro-batch,
+not per sample: from (seed, index // micro_batch), which by the trainer's sharding rule
+(:func:`manyview.train.task.sample_indices`) is one group per (micro-batch, rank). N is thus deterministic,
+independent of the number of DataLoader workers, and needs neither padding nor masks.
+
+Seeds: training scenes are drawn from ``[0, EVAL_SEED_START)``; evaluation scenes use ``EVAL_SEED_START + i``,
+so no held-out scene is ever trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from manyview.errors import ManyviewError
+from manyview.geometry.projection import depth_to_pointmap
+from manyview.scene import Views
+from manyview.train.task import indexed_stream
+
+EVAL_SEED_START = 10**9
+"""Scene seeds >= this are held out for evaluation; training draws scene seeds from [0, EVAL_SEED_START)."""
+
+SceneKind = Literal["object", "room"]
+
+
+@dataclass
+class StreamConfig:
+    """What a training stream draws: image size, views per sample, scene kinds, augmentation, extra folders."""
+
+    height: int = 112
+    width: int = 112
+    min_views: int = 2
+    max_views: int = 8
+    """Views per sample are drawn uniformly from [min_views, max_views], once per micro-batch."""
+    kinds: tuple[SceneKind, ...] = ("object", "room")
+    """Synthetic scene kinds, drawn with equal probability."""
+    supersample: int = 1
+    """Anti-aliasing of the synthetic renderer (samples per pixel side)."""
+    color_jitter: float = 0.1
+    """Per-view brightness / contrast / saturation factors in [1 - j, 1 + j]; 0 disables it."""
+    folders: list[Path] = field(default_factory=list)
+    """Dataset folders (COLMAP / transforms.json / manyview layout, with depth) mixed into the stream."""
+    folder_fraction: float = 0.0
+    """Share of samples drawn from ``folders`` (the rest are synthetic)."""
+    num_workers: int = 0
+    """DataLoader processes producing samples (0: in the training process)."""
+
+    def check(self) -> None:
+        if not 1 <= self.min_views <= self.max_views:
+            raise ManyviewError(f"need 1 <= min_views <= max_views, got {self.min_views}, {self.max_views}")
+        if self.height < 16 or self.width < 16:
+            raise ManyviewError(f"image size {self.height}x{self.width} is too small")
+        if not self.kinds:
+            raise ManyviewError("kinds must name at least one scene kind")
+        for k in self.kinds:
+            if k not in ("object", "room"):
+                raise ManyviewError(f"unknown scene kind {k!r}; expected 'object' or 'room'")
+        if not 0.0 <= self.folder_fraction <= 1.0:
+            raise ManyviewError(f"folder_fraction must be in [0, 1], got {self.folder_fraction}")
+        if self.folder_fraction > 0 and not self.folders:
+            raise ManyviewError("folder_fraction > 0 but no folders were given")
+
+
+# --------------------------------------------------------------------------------------------------- samples
+def views_to_sample(views: Views, source: str | os.PathLike | None = None) -> dict[str, Tensor]:
+    """``Views`` with cameras and depth -> the sample dict (see the module docstring)."""
+    if views.cameras is None:
+        raise ManyviewError("views have no cameras; training needs ground-truth poses", source)
+    if views.depths is None:
+        raise ManyviewError("views have no depth maps; training needs ground-truth depth", source)
+    cams = views.cameras
+    depth = views.depths.float()
+    valid = depth > 0
+    if views.masks is not None:
+        valid &= views.masks.bool()
+    pts = depth_to_pointmap(depth, cams.fxfycxcy.float(), cams.c2w.float()) * valid[..., None]
+    return {"images": views.images.float().clamp(0, 1), "pts3d": pts.float(), "valid": valid,
+            "c2w": cams.c2w.float(), "fxfycxcy": cams.fxfycxcy.float()}
+
+
+def color_jitter(images: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+    """(N, 3, H, W) in [0, 1]: independent brightness, contrast and saturation factors per view."""
+    if strength <= 0:
+        return images
+    n = images.shape[0]
+    f = 1 + strength * (2 * torch.rand(3, n, 1, 1, 1, generator=generator) - 1)
+    out = images * f[0]
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * f[1] + mean
+    gray = (out * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    out = (out - gray) * f[2] + gray
+    return out.clamp(0, 1)
+
+
+def views_for_group(seed: int, group: int, min_views: int, max_views: int) -> int:
+    """Number of views of every sample in micro-batch group ``group`` (deterministic in (seed, group))."""
+    if min_views == max_views:
+        return min_views
+    state = np.random.SeedSequence([seed, group, 0x5EED]).generate_state(1)
+    return min_views + int(state[0]) % (max_views - min_views + 1)
+
+
+def synthetic_sample(scene_seed: int, kind: SceneKind, num_views: int, height: int, width: int,
+                     camera_seed: int = 0, supersample: int = 1) -> dict[str, Tensor]:
+    """One synthetic scene rendered from ``num_views`` cameras, as a sample dict (plus ``scene_seed``)."""
+    from manyview.synth import generate
+
+    _, views = generate(scene_seed, kind=kind, num_views=num_views, height=height, width=width,
+                        supersample=supersample, camera_seed=camera_seed)
+    sample = views_to_sample(views)
+    sample["scene_seed"] = torch.tensor(scene_seed, dtype=torch.int64)
+    return sample
+
+
+def eval_scene_seed(i: int) -> int:
+    """Seed of held-out evaluation scene ``i`` (never drawn for training)."""
+    if i < 0:
+        raise ManyviewError(f"evaluation scene index must be >= 0, got {i}")
+    return EVAL_SEED_START + i
+
+
+def eval_sample(i: int, kind: SceneKind, num_views: int, height: int, width: int,
+                supersample: int = 1) -> dict[str, Tensor]:
+    """Held-out evaluation scene ``i`` of ``kind`` (the same for every caller)."""
+    return synthetic_sample(eval_scene_seed(i), kind, num_views, height, width, camera_seed=0,
+                            supersample=supersample)
+
+
+# --------------------------------------------------------------------------------------------------- folders
+def fit_views(views: Views, height: int, width: int) -> Views:
+    """Resize to cover (height, width) and centre-crop, moving intrinsics, depth (nearest) and masks along."""
+    h, w = views.height, views.width
+    if (h, w) == (height, width):
+        return views
+    scale = max(height / h, width / w)
+    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+    top, left = (rh - height) // 2, (rw - width) // 2
+    crop = (slice(None), slice(None), slice(top, top + height), slice(left, left + width))
+    images = F.interpolate(views.images.float(), size=(rh, rw), mode="bilinear", antialias=True,
+                           align_corners=False)[crop].clamp(0, 1)
+
+    def nearest(x: Tensor | None) -> Tensor | None:
+        return None if x is None else F.interpolate(x[:, None].float(), size=(rh, rw), mode="nearest")[crop][:, 0]
+
+    depths, masks = nearest(views.depths), nearest(views.masks)
+    cams = None if views.cameras is None else views.cameras.resized(rh, rw).cropped(top, left, height, width)
+    return Views(images.contiguous(), cams, None if depths is None else depths.contiguous(),
+                 None if masks is None else masks.bool().contiguous(), None, list(views.names))
+
+
+class FolderScenes:
+    """Dataset folders loaded once (lazily) and fitted to the training size; draws view subsets of them."""
+
+    def __init__(self, folders: Sequence[str | os.PathLike], height: int, width: int):
+        if not folders:
+            raise ManyviewError("no dataset folders given")
+        self.folders = [Path(f) for f in folders]
+        self.height, self.width = height, width
+        self._cache: dict[int, Views] = {}
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def views(self, i: int) -> Views:
+        if i not in self._cache:
+            from manyview.io.dataset import load_dataset
+
+            folder = self.folders[i]
+            views = load_dataset(folder)
+            if views.cameras is None or views.depths is None:
+                raise ManyviewError("dataset has no " + ("cameras" if views.cameras is None else "depth maps")
+                                    + "; training needs both", folder)
+            self._cache[i] = fit_views(views, self.height, self.width)
+        return self._cache[i]
+
+    def sample(self, i: int, indices: Sequence[int]) -> dict[str, Tensor]:
+        return views_to_sample(self.views(i)[list(indices)], self.folders[i])
+
+    def random_sample(self, num_views: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """A random folder and a window of nearby views in it (views are assumed ordered along a path)."""
+        i = int(torch.randint(len(self), (1,), generator=generator))
+        n_total = len(self.views(i))
+        if n_total < num_views:
+            raise ManyviewError(f"has {n_total} views, fewer than the {num_views} a sample needs", self.folders[i])
+        window = min(n_total, 3 * num_views)
+        start = int(torch.randint(n_total - window + 1, (1,), generator=generator))
+        pick = start + torch.randperm(window, generator=generator)[:num_views]
+        return self.sample(i, pick.tolist())
+
+
+class FolderDataset(Dataset):
+    """Finite, deterministic: item ``j`` is the ``j``-th window of ``num_views`` consecutive views over all
+    folders (folders with fewer views than ``num_views`` contribute none). Same sample format as the stream."""
+
+    def __init__(self, folders: Sequence[str | os.PathLike], num_views: int, height: int, width: int):
+        self.scenes = FolderScenes(folders, height, width)
+        self.num_views = num_views
+        self.items = [(i, s) for i in range(len(self.scenes))
+                      for s in range(0, len(self.scenes.views(i)) - num_views + 1, num_views)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int) -> dict[str, Tensor]:
+        i, start = self.items[j]
+        return self.scenes.sample(i, range(start, start + self.num_views))
+
+
+# --------------------------------------------------------------------------------------------------- stream
+class SampleMaker:
+    """``sample_fn(index, generator)`` for :func:`indexed_stream`: what sample ``index`` of a run is.
+
+    Everything random comes from the per-sample generator, except N, which comes from (seed, index // micro_batch).
+    """
+
+    def __init__(self, cfg: StreamConfig, seed: int, micro_batch: int):
+        cfg.check()
+        self.cfg, self.seed, self.micro_batch = cfg, seed, micro_batch
+        self.folders = FolderScenes(cfg.folders, cfg.height, cfg.width) if cfg.folders else None
+
+    def num_views(self, index: int) -> int:
+        return views_for_group(self.seed, index // self.micro_batch, self.cfg.min_views, self.cfg.max_views)
+
+    def __call__(self, index: int, generator: torch.Generator) -> dict[str, Tensor]:
+        cfg = self.cfg
+        n = self.num_views(index)
+        draws = torch.rand(2, generator=generator)
+        if self.folders is not None and float(draws[0]) < cfg.folder_fraction:
+            sample = self.folders.random_sample(n, generator)
+            sample["scene_seed"] = torch.tensor(-1, dtype=torch.int64)
+        else:
+            kind = cfg.kinds[min(int(float(draws[1]) * len(cfg.kinds)), len(cfg.kinds) - 1)]
+            scene_seed, camera_seed = torch.randint(0, EVAL_SEED_START, (2,), generator=generator).tolist()
+            sample = synthetic_sample(scene_seed, kind, n, cfg.height, cfg.width, camera_seed, cfg.supersample)
+        sample["images"] = color_jitter(sample["images"], cfg.color_jitter, generator)
+        return sample
+
+
+def multiview_stream(cfg: StreamConfig, rank: int, world: int, seed: int, micro_batch: int,
+                     start: int) -> Iterable[dict[str, Tensor]]:
+    """The endless training stream of micro-batches for ``rank`` from micro-batch ``start`` (see module doc)."""
+    return indexed_stream(SampleMaker(cfg, seed, micro_batch), rank, world, seed, micro_batch, start,
+                          num_workers=cfg.num_workers)

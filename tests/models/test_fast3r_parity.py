@@ -8,8 +8,8 @@ import torch
 from manyview.hub import load_weights, read_config, read_state_dict
 from manyview.models.fast3r import Fast3R, Fast3RConfig
 
-FIXTURE = Path("/work/shared/parity/fast3r_tiny")
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="parity fixtures (/work/shared) not available")
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "parity" / "fast3r_tiny"  # ../shared beside the checkout
+pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="parity fixtures (../shared beside the checkout) not available")
 KEYS = ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local")
 
 

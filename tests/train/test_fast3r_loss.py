@@ -24,7 +24,7 @@ def test_perfect_prediction_at_any_scale_has_zero_regression_error():
     loss, parts = fast3r_loss(pred_g, conf, pred_l, conf, world, c2w, valid)
     assert parts["regr_global"] < 1e-12 and parts["regr_local"] < 1e-12
     # With zero error the loss is the confidence regulariser alone: -alpha * log(1.5).
-    assert torch.isclose(loss, torch.tensor(-0.2 * torch.log(torch.tensor(1.5, dtype=torch.float64))))
+    assert torch.isclose(loss, -0.2 * torch.log(torch.tensor(1.5, dtype=torch.float64)))
 
 
 def test_global_head_must_share_one_scale_across_views():

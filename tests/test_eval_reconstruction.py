@@ -125,6 +125,20 @@ def test_synthetic_evaluation_end_to_end_with_a_random_model(micro_weights):
     assert len(logs) == 4
 
 
+def test_identity_baseline_scores_the_true_relative_rotations():
+    from manyview.geometry.rotation import rotation_angle
+    from manyview.geometry.transforms import invert_rigid
+
+    cfg = ev.SyntheticEval(views=(5,), scenes=1, kinds=("room",), height=32, width=32)
+    (rec,) = ev.evaluate_synthetic(cfg, colmap=False, identity=True, log=lambda s: None)
+    _, views = generate(EVAL_SEED_START, kind="room", num_views=5, height=32, width=32)
+    c2w = views.cameras.c2w.double()
+    i, j = torch.combinations(torch.arange(5), 2).unbind(-1)
+    angles = torch.rad2deg(rotation_angle((invert_rigid(c2w[i]) @ c2w[j])[:, :3, :3]))
+    assert rec["method"] == "identity" and rec["RTA@15"] == 0.0
+    assert rec["RRA@15"] == pytest.approx(100 * float((angles < 15).double().mean()))
+
+
 def test_goal_check_averages_kinds_at_eight_views():
     rows = [{"method": "fast3r", "kind": "object", "views": 8, "RRA@15": 100.0, "RTA@15": 96.0, "mAA@30": 90.0},
             {"method": "fast3r", "kind": "room", "views": 8, "RRA@15": 92.0, "RTA@15": 90.0, "mAA@30": 80.0},

@@ -33,6 +33,8 @@ class EvalReconstruction:
     """Weights of the pairwise (DUSt3R-style) baseline; evaluated when given."""
     colmap: bool = True
     """Also run COLMAP incremental SfM (pycolmap) on the same images."""
+    identity: bool = True
+    """Also score the trivial answer "all cameras at one pose": the RRA a method gets for free."""
     views: tuple[int, ...] = (4, 8, 16)
     scenes: int = 5
     """Held-out scenes per kind and view count."""
@@ -62,7 +64,8 @@ class EvalReconstruction:
         if self.synthetic:
             cfg = ev.SyntheticEval(views=self.views, scenes=self.scenes, kinds=self.kinds, height=self.size,
                                    width=self.size, first_scene=self.first_scene)
-            report.records = ev.evaluate_synthetic(cfg, fast3r=fast3r, pairwise=pairwise, colmap=self.colmap)
+            report.records = ev.evaluate_synthetic(cfg, fast3r=fast3r, pairwise=pairwise, colmap=self.colmap,
+                                                  identity=self.identity)
             report.summary = ev.summarize(report.records)
             report.goal = ev.goal_check(report.summary)
             print()

@@ -11,6 +11,9 @@ each kind, rendered with N views each, are reconstructed by every method; per sc
   COLMAP (sparse, no per-pixel output) on the registered camera centres (needs >= 3);
 - wall time of the method's whole call (inference and camera recovery, or all of SfM).
 
+A trivial row (``identity``: every camera at one pose) shows what the pose numbers give for free: rooms are
+walked through with small turns, so many pairs are within 15 degrees of each other to begin with.
+
 COLMAP may leave views unregistered. Its pose numbers are reported twice: the main columns count every pair
 that involves an unregistered view as a failure (error +inf: wrong at every threshold), the ``*_registered``
 columns only score pairs of registered views. ``registration_rate`` is the registered fraction.
@@ -178,9 +181,13 @@ def run_colmap(views_or_files) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
-def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: bool = True,
+def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: bool = True, identity: bool = False,
                        log=print) -> list[dict[str, Any]]:
-    """One record per (method, kind, N, scene): pose scores, geometry, time (see the module docstring)."""
+    """One record per (method, kind, N, scene): pose scores, geometry, time (see the module docstring).
+
+    ``identity`` adds the trivial answer "every camera at one pose" (method ``identity``): its RRA is the share of
+    view pairs whose true relative rotation is already small, the floor a method has to beat (its RTA is 0).
+    """
     from manyview.synth import generate
     from manyview.train.data import eval_scene_seed, views_to_sample
 
@@ -191,6 +198,8 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
         methods.append(("pairwise", pairwise))
     if colmap:
         methods.append(("colmap", None))
+    if identity:
+        methods.append(("identity", None))
     if not methods:
         raise ManyviewError("nothing to evaluate: give Fast3R weights, pairwise weights or enable COLMAP")
     if cfg.scenes < 1 or not cfg.views or min(cfg.views) < 2:
@@ -207,7 +216,12 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
                 for name, model in methods:
                     base = {"method": name, "kind": kind, "views": n, "scene": s, "seed": seed}
                     try:
-                        if name == "colmap":
+                        if name == "identity":
+                            same = views.cameras.with_poses(torch.eye(4).expand(n, 4, 4).clone())
+                            out = {"time_s": 0.0}
+                            rec = {**pose_scores(same, views.cameras), "accuracy": math.nan,
+                                   "completeness": math.nan, "registration_rate": 1.0}
+                        elif name == "colmap":
                             out = run_colmap(views)
                             rec = {**pose_scores(out["cameras"], views.cameras, out["registered"]),
                                    **sparse_geometry(out["points"], out["cameras"], views.cameras, out["registered"],

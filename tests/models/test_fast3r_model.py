@@ -11,30 +11,21 @@ from manyview.models.fast3r import (PRESETS, DecoderArgs, EncoderArgs, Fast3R, F
 from manyview.nn.embeddings import sincos_embedding_1d
 
 
-def _perturbed(model):
-    """Random, non-trivial weights (no LayerNorm at 1, no zero bias) that keep outputs finite."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.add_(0.1 * noise if p.dim() == 1 else 0.2 * p.std() * noise)
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(perturb):
     torch.manual_seed(0)
-    return _perturbed(Fast3R("tiny"))
+    return perturb(Fast3R("tiny"))
 
 
 @pytest.fixture(scope="module")
-def micro():
+def micro(perturb):
     """The smallest valid configuration, for tests that run many views."""
     torch.manual_seed(0)
     config = Fast3RConfig(EncoderArgs(embed_dim=32, depth=1, num_heads=2),
                           DecoderArgs(enc_embed_dim=32, embed_dim=16, depth=4, num_heads=2),
                           HeadArgs(feature_dim=8, last_dim=4, layer_dims=[4, 4, 8, 8]))
-    return _perturbed(Fast3R(config))
+    return perturb(Fast3R(config))
 
 
 def _images(B, N, H=32, W=48, seed=0):

@@ -21,20 +21,11 @@ MICRO = dict(enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=16, d
              feature_dim=8, last_dim=4, layer_dims=[4, 4, 8, 8])
 
 
-def _perturbed(model, seed=1):
-    """Non-trivial weights (no LayerNorm at 1, no zero bias) so that every part changes the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.add_(0.1 * noise if p.dim() == 1 else 0.2 * p.std() * noise)
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
-def micro():
+def micro(perturb):
     torch.manual_seed(0)
-    return _perturbed(PairwiseNet(PairwiseConfig(**MICRO)))
+    return perturb(PairwiseNet(PairwiseConfig(**MICRO)))
 
 
 def _images(n, h=32, w=48, seed=0):
@@ -60,11 +51,11 @@ def test_each_view_depends_on_the_other(micro):
     assert (ab.pts1 - ac.pts1).abs().max() > 1e-4
 
 
-def test_decoder_block_matches_the_explicit_formula():
+def test_decoder_block_matches_the_explicit_formula(perturb):
     """x + SA(n1 x); x + CA(n2 x, n_y y) with RoPE by each sequence's own positions; x + MLP(n3 x)."""
     torch.manual_seed(0)
     rope = RoPE2D(100.0)
-    blk = _perturbed(DecoderBlock(16, 2, mlp_ratio=2.0, rope=rope))
+    blk = perturb(DecoderBlock(16, 2, mlp_ratio=2.0, rope=rope))
     x, y = torch.randn(2, 6, 16), torch.randn(2, 12, 16)
     px, py = patch_positions(2, 3)[None], patch_positions(3, 4)[None]
     tx, ty = rope.tables(px, 8), rope.tables(py, 8)

@@ -290,6 +290,18 @@ def _box(mx, my, rx, ry, width, height):
     return x0, x1, y0, y1
 
 
+@njit(inline="always", **_JIT1)
+def _gaussian(cg, P, means2d, conics, opacities, features, radii, width, height):
+    """One projected Gaussian (camera-major id ``cg``) in float64, and its pixel box: what both raster passes read."""
+    c = cg // P
+    g = cg - c * P
+    mx, my = np.float64(means2d[c, g, 0]), np.float64(means2d[c, g, 1])
+    x0, x1, y0, y1 = _box(mx, my, radii[c, g, 0], radii[c, g, 1], width, height)
+    return (mx, my, np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2]),
+            np.float64(opacities[c, g]), np.float64(features[c, g, 0]), np.float64(features[c, g, 1]),
+            np.float64(features[c, g, 2]), np.float64(features[c, g, 3]), x0, x1, y0, y1)
+
+
 @njit(**_JIT)
 def count_tiles(means2d, radii, width, height, tile_size, counts):
     """counts[cg] = number of tiles the pixel box of (c, g) touches (0 when culled or between pixel centres)."""
@@ -464,14 +476,8 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
             if n_live <= 0:
                 break
             cg = flat_ids[k]
-            cc = cg // P
-            g = cg - cc * P
-            mx, my = np.float64(means2d[cc, g, 0]), np.float64(means2d[cc, g, 1])
-            ca, cb, cc2 = np.float64(conics[cc, g, 0]), np.float64(conics[cc, g, 1]), np.float64(conics[cc, g, 2])
-            o = np.float64(opacities[cc, g])
-            f0, f1 = np.float64(features[cc, g, 0]), np.float64(features[cc, g, 1])
-            f2, f3 = np.float64(features[cc, g, 2]), np.float64(features[cc, g, 3])
-            x0, x1, y0, y1 = _box(mx, my, radii[cc, g, 0], radii[cc, g, 1], width, height)
+            mx, my, ca, cb, cc2, o, f0, f1, f2, f3, x0, x1, y0, y1 = _gaussian(
+                cg, P, means2d, conics, opacities, features, radii, width, height)
             x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)
             thr = math.log(255.0 * o) + SPAN_SLACK
             inv_a = 1.0 / ca
@@ -574,14 +580,8 @@ def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, fla
         gsum = np.zeros((N_GRAD + 4, LANES))
         for k in range(kmax, start - 1, -1):
             cg = flat_ids[k]
-            cc = cg // P
-            g = cg - cc * P
-            mx, my = np.float64(means2d[cc, g, 0]), np.float64(means2d[cc, g, 1])
-            ca, cb, cc2 = np.float64(conics[cc, g, 0]), np.float64(conics[cc, g, 1]), np.float64(conics[cc, g, 2])
-            o = np.float64(opacities[cc, g])
-            f0, f1 = np.float64(features[cc, g, 0]), np.float64(features[cc, g, 1])
-            f2, f3 = np.float64(features[cc, g, 2]), np.float64(features[cc, g, 3])
-            x0, x1, y0, y1 = _box(mx, my, radii[cc, g, 0], radii[cc, g, 1], width, height)
+            mx, my, ca, cb, cc2, o, f0, f1, f2, f3, x0, x1, y0, y1 = _gaussian(
+                cg, P, means2d, conics, opacities, features, radii, width, height)
             row = cg_offsets[cg] + ((ty0 // tile_size - y0 // tile_size) * (x1 // tile_size - x0 // tile_size + 1)
                                     + tx0 // tile_size - x0 // tile_size)
             x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)

@@ -188,3 +188,27 @@ def test_tensorboard_needs_its_package(tmp_path):
     else:
         train(_cfg(tmp_path, steps=1, tensorboard=True), ToyTask())
         assert any((tmp_path / "tb").iterdir())
+
+
+
+def _add_unused_parameter(model):
+    model.unused = torch.nn.Linear(3, 3)  # never called, so it never gets a gradient nor Adam state
+    return model
+
+
+class ToyWithUnusedParameter(ToyTask):
+    def build_model(self):
+        return _add_unused_parameter(super().build_model())
+
+
+class CrashingToyWithUnusedParameter(CrashingToy):
+    def build_model(self):
+        return _add_unused_parameter(super().build_model())
+
+
+def test_parameters_without_gradients_do_not_block_resume(tmp_path):
+    ref = train(_cfg(tmp_path / "ref"), ToyWithUnusedParameter(TOY))
+    with pytest.raises(Crash):
+        train(_cfg(tmp_path / "run"), CrashingToyWithUnusedParameter(TOY, crash_step=6))
+    resumed = train(_cfg(tmp_path / "run", resume=True), ToyWithUnusedParameter(TOY))
+    assert _losses(resumed.history) == _losses(ref.history)[4:]

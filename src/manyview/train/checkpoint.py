@@ -166,6 +166,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ManyviewError(f"unreadable checkpoint metadata: {e}", meta_path) from None
 
 
+def _check_optimizer_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse optimizer state for parameters the saved param groups do not list (a foreign or corrupt file)."""
+    listed = {name for group in state.get("param_groups", []) for name in group.get("params", [])}
+    unknown = sorted(set(state.get("state", {})) - listed)
+    if unknown:
+        raise ManyviewError(f"optim.pt has state for parameters outside its param groups: {unknown[:5]}", path)
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                     env: DistEnv) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load weights and optimizer state into the (wrapped) ``model`` / ``optimizer`` on every rank.
@@ -201,7 +209,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         set_model_state_dict(model, model_state, options=options)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ManyviewError(f"checkpoint weights do not fit this model: {e}", files["model.safetensors"]) from None
-    set_optimizer_state_dict(model, optimizer, optim["optimizer"], options=options)
+    _check_optimizer_state(optim["optimizer"], path)
+    # strict=False: a parameter that never received a gradient (e.g. a DPT refinement unit that the last
+    # fusion stage does not call) has no Adam state, in the saved run and in an uninterrupted one alike.
+    set_optimizer_state_dict(model, optimizer, optim["optimizer"],
+                             options=StateDictOptions(full_state_dict=True, strict=False))
     if optim["step"] != meta["step"]:
         raise ManyviewError(f"optim.pt is for step {optim['step']} but meta.json says {meta['step']}", path)
     return meta, rank_state

@@ -42,16 +42,16 @@ def test_reconstructs_real_photos_into_readable_files(fast3r_dir, tmp_path, caps
     names = ["000.jpg", "009.jpg", "019.jpg", "028.jpg"]  # 4 evenly spaced of 29
     summary = json.loads((out / "summary.json").read_text())
     assert summary["views"] == 4 and summary["names"] == names and summary["model"] == "fast3r"
-    assert summary["image_size"] == [32, 64] and summary["weights"] == str(fast3r_dir)
+    assert summary["image_size"] == [64, 64] and summary["weights"] == str(fast3r_dir)  # <= 224: square crops
     assert summary["mean_confidence"] > 1 and summary["memory"]["peak_bytes"] > 0
     assert set(summary["time_s"]) == {"inference", "cameras", "total"} and summary["wall_time_s"] > 0
 
     model = pycolmap.Reconstruction(str(out / "sparse" / "0"))
     assert len(model.images) == 4 and len(model.points3D) == summary["points_written"] > 0
     cam = next(iter(model.cameras.values()))
-    assert (cam.width, cam.height) == (64, 32) and cam.params[0] > 0  # untrained weights: the default focal
+    assert (cam.width, cam.height) == (64, 64) and cam.params[0] > 0  # untrained weights: the default focal
     views = read_transforms_json(out / "transforms.json")  # its file paths point at the written images
-    assert views.images.shape == (4, 3, 32, 64)
+    assert views.images.shape == (4, 3, 64, 64)
     by_name = {Path(im.name).stem: im for im in model.images.values()}
     for i, name in enumerate(names):  # COLMAP and transforms.json hold the same poses
         w2c = torch.from_numpy(by_name[Path(name).stem].cam_from_world().matrix()).float()
@@ -100,6 +100,25 @@ def test_bundled_model_is_the_default(fast3r_dir, tmp_path, capsys, monkeypatch)
     code, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "out", "--size", 32, "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["weights"] == "bundled:fast3r_bundled"
+
+
+def test_default_size_is_the_size_the_weights_were_trained_at(tmp_path, capsys):
+    model = Fast3R("tiny")
+    model.config.encoder_args.img_size = 48  # what the trainer records for 48 x 48 training crops
+    weights = model.save_pretrained(tmp_path / "w48")
+    images = tmp_path / "images"
+    images.mkdir()
+    from manyview.io.images import write_image
+
+    for k in range(2):
+        write_image(images / f"{k}.png", torch.rand(3, 60, 90, generator=torch.Generator().manual_seed(k)))
+    code, err = _run(capsys, "reconstruct", images, "--weights", weights, "--out", tmp_path / "a", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["image_size"] == [48, 48]
+    code, err = _run(capsys, "reconstruct", images, "--weights", weights, "--out", tmp_path / "b", "--size", 256,
+                     "--device", "cpu")
+    assert code == 0, err  # above 224 the aspect ratio is kept: long side 256, multiples of 16
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["image_size"] == [160, 256]
 
 
 @needs_family

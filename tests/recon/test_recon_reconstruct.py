@@ -174,11 +174,12 @@ def test_image_files_of_different_sizes_follow_the_loader_policy(tmp_path):
     for k, (h, w) in enumerate([(60, 90), (80, 100), (90, 60)]):
         paths.append(tmp_path / f"{k}.png")
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
-    rec = reconstruct(paths, Fast3R(MICRO_FAST3R), size=64, progress=False)
+    rec = reconstruct(paths, Fast3R(MICRO_FAST3R), size=64, square=False, progress=False)
     assert rec.images.shape == (3, 3, 32, 64)  # long side 64, 60x90's aspect rounded down to multiples of 16
-    square = reconstruct(paths, Fast3R(MICRO_FAST3R), size=32, square=True, progress=False)
+    square = reconstruct(paths, Fast3R(MICRO_FAST3R), size=32, progress=False)  # <= 224: square by default
     assert square.images.shape == (3, 3, 32, 32)
     assert reconstruction_policy(224).size == (224, 224) and reconstruction_policy(512).long_side == 512
+    assert reconstruction_policy(240).long_side == 240 and reconstruction_policy(112).size == (112, 112)
 
 
 def test_bad_inputs(views, tmp_path):

@@ -44,9 +44,11 @@ class Reconstruct:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Autocast dtype of the network (bfloat16 / float16 are for GPUs)."""
-    size: int = 512
-    """Image size in pixels, a multiple of 16: the long side (aspect ratio of the first image kept); 224 scales the
-    short side to 224 and crops a centred square, as DUSt3R / Fast3R's 224 models expect."""
+    size: int | None = None
+    """Image size in pixels, a multiple of 16: the long side (aspect ratio of the first image kept); 224 or less
+    scales the short side to it and crops a centred square, as DUSt3R's 224 models expect. Default: the size the
+    weights were trained at (config.json encoder_args.img_size; 512 for the released Fast3R, 112 for the bundled
+    model); 512 for the pairwise baseline."""
     min_conf_percentile: float = 10.0
     """Per view, keep the points whose confidence is at least this percentile."""
     max_points: int = 500_000
@@ -81,7 +83,7 @@ class Reconstruct:
         files = list_images(self.images[0]) if len(self.images) == 1 and self.images[0].is_dir() else self.images
         files = [files[i] for i in select_views(len(files), self.max_views)]
         # Every image is decoded before anything runs: a corrupt file fails here, naming it, with nothing written.
-        images, names = load_inputs(files, size=self.size, patch_size=net.patch_size)
+        images, names = load_inputs(files, size=self._size(net, kind), patch_size=net.patch_size)
         if kind == "fast3r":
             rec = reconstruct(images, net, device=self.device, dtype=self.dtype, image_index_seed=self.seed,
                               min_conf_percentile=self.min_conf_percentile)
@@ -113,6 +115,13 @@ class Reconstruct:
         h, w = info["image_size"]
         print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind} in {summary['wall_time_s']:.1f} s "
               f"(mean confidence {info['mean_confidence']:.3g}, {len(points)} points); wrote {out}")
+
+    def _size(self, net, kind: str) -> int:
+        from manyview.models.fast3r import training_image_size
+
+        if self.size is not None:
+            return self.size
+        return training_image_size(net.config) if kind == "fast3r" else 512
 
     def _load_model(self):
         """-> (network, 'fast3r' | 'pairwise', weights description)."""

@@ -337,6 +337,12 @@ class Fast3ROutput:
     image_ids: Tensor  # (B, N) float64 image-index positions used
 
 
+def training_image_size(config: Fast3RConfig) -> int:
+    """The long side of the images the weights were trained on (``encoder_args.img_size``: an int or [H, W])."""
+    size = config.encoder_args.img_size
+    return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+
+
 class Fast3R(nn.Module, HubMixin):
     """The Fast3R network. ``Fast3R("tiny")``, ``Fast3R(Fast3RConfig(...))`` or ``Fast3R.from_pretrained(path)``.
 

@@ -53,7 +53,8 @@ _DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": to
 
 # ------------------------------------------------------------------------------------------------- inputs
 def reconstruction_policy(size: int = 512, square: bool | None = None, patch_size: int = 16):
-    """The image loading policy of DUSt3R / Fast3R: ``square`` (default: when ``size == 224``) scales the short
+    """The image loading policy of DUSt3R / Fast3R: ``square`` (default: when ``size <= 224``, the square crops
+    of DUSt3R's 224 models and of manyview's small bundled model) scales the short
     side to ``size`` and crops a centred ``size`` x ``size`` square; otherwise the long side becomes ``size`` and
     the first image's aspect ratio is kept, rounded down to multiples of ``patch_size``. Other images are scaled
     to cover that size and centre-cropped (:class:`manyview.io.images.ImageLoadPolicy`)."""
@@ -61,7 +62,7 @@ def reconstruction_policy(size: int = 512, square: bool | None = None, patch_siz
 
     if size < patch_size or size % patch_size:
         raise ManyviewError(f"image size {size} must be a positive multiple of the patch size {patch_size}")
-    if square if square is not None else size == 224:
+    if square if square is not None else size <= 224:
         return ImageLoadPolicy(size=(size, size), patch_multiple=patch_size)
     return ImageLoadPolicy(long_side=size, patch_multiple=patch_size)
 

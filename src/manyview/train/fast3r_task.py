@@ -64,6 +64,9 @@ class Fast3RTask:
     def save_weights(self, state_dict: dict[str, Tensor], directory: Path) -> None:
         model = self.build_model()
         model.load_state_dict(state_dict)
+        # Record the training crop, as the released config does (512): inference defaults to it.
+        data = self.cfg.data
+        model.config.encoder_args.img_size = data.height if data.height == data.width else [data.height, data.width]
         model.save_pretrained(directory)
 
 

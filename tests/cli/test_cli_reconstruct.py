@@ -1,5 +1,6 @@
 """``manyview reconstruct`` end to end on real photos with a randomly initialised tiny model, and its refusals."""
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -179,3 +180,25 @@ def test_bad_checkpoints_and_outputs_give_one_line_errors(fast3r_dir, tmp_path, 
     assert "refusing to replace" in run(fast3r_dir, out=foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_scene_is_reconstructed_and_scored_against_its_ground_truth(fast3r_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    from manyview.recon import reconstruct as recon_module
+
+    real = recon_module.reconstruct
+    truth = cli_reconstruct.Reconstruct._sample_views(32)
+
+    def exact_cameras(images, model, **kw):  # the pipeline with perfect cameras: every score must be 100
+        rec = real(images, model, **kw)
+        assert torch.equal(images, truth.images)  # the sample's views, resized to --size
+        return dataclasses.replace(rec, cameras=truth.cameras)
+
+    monkeypatch.setattr(recon_module, "reconstruct", exact_cameras)
+    code, err = _run(capsys, "reconstruct", "--sample", "--weights", fast3r_dir, "--out", tmp_path / "s",
+                     "--size", 32, "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["views"] == 6 and summary["ground_truth"]["RRA@15"] == summary["ground_truth"]["mAA@30"] == 100
+    code, err = _run(capsys, "reconstruct", tmp_path, "--sample", "--weights", fast3r_dir, "--out", tmp_path / "t")
+    assert code == 2 and "not both" in err and not (tmp_path / "t").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -30,13 +30,16 @@ class Reconstruct:
     or failed run leaves no partial output. Cameras are in the first image's camera frame, at the network's scale.
     """
 
-    images: tyro.conf.Positional[list[Path]]
-    """A folder of images, or image files."""
-    out: Path
+    images: tyro.conf.Positional[list[Path]] = field(default_factory=list)
+    """A folder of images, or image files (or --sample)."""
+    out: Path = Path("out/reconstruction")
     """Output folder (replaced when it holds an earlier manyview output; any other non-empty folder is refused)."""
     weights: str | None = None
     """Checkpoint: a folder with config.json + model.safetensors, a weights file with config.json beside it, or a
     Hugging Face repo id. Default: the model bundled with manyview, when this installation has one."""
+    sample: bool = False
+    """Reconstruct the embedded sample scene (6 synthetic views of a quarter orbit) instead of IMAGES, and score
+    the cameras against its exact ground truth (RRA / RTA / mAA in summary.json)."""
     model: Literal["auto", "fast3r", "pairwise"] = "auto"
     """Network type; 'auto' reads it from the checkpoint's config.json."""
     max_views: int | None = None
@@ -73,17 +76,26 @@ class Reconstruct:
 
         t0 = time.perf_counter()
         out = Path(self.out)
-        if not self.images:
-            raise ManyviewError("no images given: pass a folder of images or image files")
+        if not self.images and not self.sample:
+            raise ManyviewError("no images given: pass a folder of images or image files (or --sample)")
+        if self.images and self.sample:
+            raise ManyviewError("give IMAGES or --sample, not both")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
             raise ManyviewError("refusing to replace: not an empty folder or an earlier manyview output", out)
         if self.max_points < 1:
             raise ManyviewError(f"--max-points must be >= 1, got {self.max_points}")
         net, kind, weights = self._load_model()
-        files = list_images(self.images[0]) if len(self.images) == 1 and self.images[0].is_dir() else self.images
-        files = [files[i] for i in select_views(len(files), self.max_views)]
-        # Every image is decoded before anything runs: a corrupt file fails here, naming it, with nothing written.
-        images, names = load_inputs(files, size=self._size(net, kind), patch_size=net.patch_size)
+        truth = None
+        if self.sample:
+            truth = self._sample_views(self._size(net, kind))
+            chosen = select_views(len(truth), self.max_views)
+            truth = truth[chosen]
+            images, names = truth.images, list(truth.names)
+        else:
+            files = list_images(self.images[0]) if len(self.images) == 1 and self.images[0].is_dir() else self.images
+            files = [files[i] for i in select_views(len(files), self.max_views)]
+            # Every image is decoded before anything runs: a corrupt file fails here, naming it, nothing written.
+            images, names = load_inputs(files, size=self._size(net, kind), patch_size=net.patch_size)
         if kind == "fast3r":
             rec = reconstruct(images, net, device=self.device, dtype=self.dtype, image_index_seed=self.seed,
                               min_conf_percentile=self.min_conf_percentile)
@@ -105,6 +117,11 @@ class Reconstruct:
         for key in ("pnp_success", "focal_fallback", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
             if key in info:
                 summary[key] = info[key]
+        if truth is not None:
+            from manyview.recon.evaluate import pose_scores
+
+            scores = pose_scores(rec.cameras, truth.cameras)
+            summary["ground_truth"] = {k: round(scores[k], 2) for k in ("RRA@15", "RTA@15", "RRA@5", "RTA@5", "mAA@30")}
         with atomic_directory(out) as tmp:
             write_dataset(tmp, Views(images=rec.images, cameras=rec.cameras, names=rec_names), points=points)
             write_glb(tmp / "scene.glb", points, rec.cameras)
@@ -115,6 +132,19 @@ class Reconstruct:
         h, w = info["image_size"]
         print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind} in {summary['wall_time_s']:.1f} s "
               f"(mean confidence {info['mean_confidence']:.3g}, {len(points)} points); wrote {out}")
+        if truth is not None:
+            gt = summary["ground_truth"]
+            print(f"cameras against the sample's ground truth: RRA@15 {gt['RRA@15']:.1f} %, RTA@15 {gt['RTA@15']:.1f} %, "
+                  f"mAA@30 {gt['mAA@30']:.1f}")
+
+    @staticmethod
+    def _sample_views(size: int):
+        """The embedded sample scene, resized and centre-cropped to a size x size square like loaded photos."""
+        from manyview.synth import sample_scene
+        from manyview.train.data import fit_views
+
+        _, views = sample_scene()
+        return fit_views(views, size, size)
 
     def _size(self, net, kind: str) -> int:
         from manyview.models.fast3r import training_image_size

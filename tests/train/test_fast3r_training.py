@@ -96,9 +96,24 @@ def test_training_seeds_never_reach_the_held_out_range():
     assert int(ev["scene_seed"]) == EVAL_SEED_START and ev["images"].shape == (3, 3, 32, 32)
 
 
+def test_orbit_spacing_bounds_the_angle_between_consecutive_object_views():
+    cfg = StreamConfig(height=32, width=32, min_views=3, max_views=3, kinds=("object",), orbit_spacing_deg=(10, 20))
+    maker = SampleMaker(cfg, seed=0, micro_batch=1)
+    for index in range(3):
+        sample = maker(index, torch.Generator().manual_seed(index))
+        forward = sample["c2w"][:, :2, 2]  # horizontal viewing directions: orbit cameras look at the centre
+        heading = torch.atan2(forward[:, 1], forward[:, 0])
+        step = torch.rad2deg(torch.remainder(heading.diff() + torch.pi, 2 * torch.pi) - torch.pi).abs()
+        # spacing in [10, 20] degrees, +-25 % view jitter and the jittered look-at targets
+        assert (step > 4).all() and (step < 30).all(), step
+    full = SampleMaker(StreamConfig(height=32, width=32, min_views=2, max_views=2, kinds=("object",)), 0, 1)
+    forward = full(0, torch.Generator().manual_seed(0))["c2w"][:, :2, 2]
+    assert torch.dot(forward[0], forward[1]) < 0  # without it, two views sit on opposite sides of the orbit
+
+
 def test_bad_stream_configs_are_refused():
     for cfg in (StreamConfig(min_views=5, max_views=3), StreamConfig(kinds=("cave",)),
-                StreamConfig(folder_fraction=0.5)):
+                StreamConfig(folder_fraction=0.5), StreamConfig(orbit_spacing_deg=(30, 10))):
         with pytest.raises(ManyviewError):
             cfg.check()
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from manyview.errors import ManyviewError
 from manyview.scene import Cameras
 from manyview.splat import _cpu_kernels as K
 from manyview.splat.gaussians import GaussianStore
@@ -146,6 +147,8 @@ class Intersections:
     tile_offsets: np.ndarray  # (C * n_tiles + 1,) int64: tile t owns flat_ids[tile_offsets[t]:tile_offsets[t + 1]]
     flat_ids: np.ndarray  # (n_isect,) int32 (int64 beyond 2^31 pairs) camera-Gaussian ids c * P + g
     cg_offsets: np.ndarray  # (C * P + 1,) int64: pair cg has cg_offsets[cg + 1] - cg_offsets[cg] tiles
+    rects: np.ndarray  # (C * P, 4) int32: tile rectangle (tx0, tx1, ty0, ty1) of pair cg; unset where it has none
+    rank: np.ndarray  # (C * P,) like flat_ids: a visible pair's position in the (camera, depth) order; else unset
 
     @property
     def count(self) -> int:
@@ -156,9 +159,11 @@ def intersect(proj: Projected, height: int, width: int, tile_size: int) -> Inter
     with _stage("intersect"):
         means2d, radii, depths = _np(proj.means2d), _np(proj.radii), _np(proj.depths)
         C, P = radii.shape[:2]
-        tiles = ((width + tile_size - 1) // tile_size) * ((height + tile_size - 1) // tile_size)
+        tiles_x = (width + tile_size - 1) // tile_size
+        tiles = tiles_x * ((height + tile_size - 1) // tile_size)
         counts = np.empty(C * P, dtype=np.int64)
-        K.count_tiles(means2d, radii, width, height, tile_size, counts)
+        rects = np.empty((C * P, 4), dtype=np.int32)
+        K.count_tiles(means2d, radii, width, height, tile_size, counts, rects)
         cg_offsets = np.zeros(C * P + 1, dtype=np.int64)
         np.cumsum(counts, out=cg_offsets[1:])
         id_type = np.int32 if C * P < 2**31 else np.int64
@@ -172,9 +177,10 @@ def intersect(proj: Projected, height: int, width: int, tile_size: int) -> Inter
         n = int(cg_offsets[-1])
         tile_offsets = np.empty(C * tiles + 1, dtype=np.int64)
         flat_ids = np.empty(n, dtype=id_type)
+        rank = np.empty(C * P, dtype=id_type)
         parts = max(1, min(4 * numba.get_num_threads(), order.shape[0]))
-        K.bin_tiles(order, means2d, radii, width, height, tile_size, parts, tile_offsets, flat_ids)
-    return Intersections(tile_offsets, flat_ids, cg_offsets)
+        K.bin_tiles(order, rects, P, tiles_x, tiles, parts, tile_offsets, flat_ids, rank)
+    return Intersections(tile_offsets, flat_ids, cg_offsets, rects, rank)
 
 
 # ------------------------------------------------------------------------------------------------ rasterize
@@ -184,13 +190,13 @@ class _Rasterize(torch.autograd.Function):
         C, D = radii.shape[0], features.shape[2]
         out = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width)
-        final_T = torch.empty(C, height, width, dtype=torch.float64)
+        final_T = torch.empty(C, height, width)
         last = torch.empty(C, height, width, dtype=torch.int64)
         work = np.zeros((isect.tile_offsets.shape[0] - 1, 2), dtype=np.int64)
         with _stage("raster_fwd"), _dynamic_schedule():
             K.rasterize_fwd(_np(means2d), _np(conics), _np(opacities), _np(radii), _np(features),
-                            isect.tile_offsets, isect.flat_ids, width, height, tile_size, K.LANES, out.numpy(),
-                            alpha.numpy(), final_T.numpy(), last.numpy(), work)
+                            isect.tile_offsets, isect.flat_ids, width, height, tile_size, K.row_shift(tile_size),
+                            out.numpy(), alpha.numpy(), final_T.numpy(), last.numpy(), work)
         if stats is not None:
             stats.update(intersections=isect.count, evaluated=int(work[:, 0].sum()),
                          contributing=int(work[:, 1].sum()))
@@ -206,13 +212,21 @@ class _Rasterize(torch.autograd.Function):
         v_out = torch.zeros(C, height, width, D) if v_out is None else v_out
         v_alpha = torch.zeros(C, height, width) if v_alpha is None else v_alpha
         with _stage("raster_bwd"):
-            rows = np.zeros((isect.count, K.N_GRAD + D), dtype=np.float32)  # calloc: untouched pages stay free
+            # one row per intersection; only those the backward reaches are written (and then read), so the
+            # pages of the rest are never touched
+            rows = np.empty((isect.count, K.N_GRAD + D), dtype=np.float32)
+            tile_last = np.empty(isect.tile_offsets.shape[0] - 1, dtype=isect.rank.dtype)
+            m2d, rad = _np(means2d), _np(radii)
             with _dynamic_schedule():
-                K.rasterize_bwd(_np(means2d), _np(conics), _np(opacities), _np(radii), _np(features),
-                                isect.tile_offsets, isect.flat_ids, isect.cg_offsets, width, height, tile_size,
-                                K.LANES, _np(final_T), _np(last), _np(v_out), _np(v_alpha), rows)
+                K.rasterize_bwd(m2d, _np(conics), _np(opacities), rad, _np(features), isect.tile_offsets,
+                                isect.flat_ids, isect.cg_offsets, isect.rank, width, height, tile_size,
+                                K.row_shift(tile_size), _np(final_T), _np(last), _np(v_out.to(torch.float32)),
+                                _np(v_alpha.to(torch.float32)), rows, tile_last)
+        with _stage("raster_reduce"):
             grads = torch.empty(C * P, K.N_GRAD + D)
-            K.reduce_rows(rows, isect.cg_offsets, grads.numpy())
+            tiles_x = (width + tile_size - 1) // tile_size
+            K.reduce_grads(rows, tile_last, isect.rank, isect.cg_offsets, isect.rects, P, tiles_x,
+                           tiles_x * ((height + tile_size - 1) // tile_size), grads.numpy())
         grads = grads.reshape(C, P, K.N_GRAD + D)
         return (grads[..., 0:2], grads[..., 2:5], grads[..., 5], grads[..., K.N_GRAD:], None, None, None, None,
                 None, None)
@@ -225,6 +239,8 @@ def rasterize(proj: Projected, features: Tensor, height: int, width: int, tile_s
     ``stats``, when given, receives the number of intersections and of evaluated / contributing
     pixel-Gaussian pairs (the work the rasteriser did).
     """
+    if tile_size > K.MAX_TILE:
+        raise ManyviewError(f"the cpu render backend supports tile_size <= {K.MAX_TILE}, got {tile_size}")
     isect = intersect(proj, height, width, tile_size)
     return _Rasterize.apply(proj.means2d, proj.conics, proj.opacities, features.to(torch.float32).contiguous(),
                             proj.radii, isect, width, height, tile_size, stats)

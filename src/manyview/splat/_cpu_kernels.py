@@ -18,7 +18,6 @@ from numba import njit, prange
 from manyview.splat.types import ALPHA_MAX, ALPHA_MIN, EXTENT_SIGMA, FOV_CLAMP, T_MIN  # numba: constants
 
 FOV_MARGIN = FOV_CLAMP - 1.0
-SPAN_SLACK = 1e-6  # widens the per-row ellipse span; the exact per-pixel test decides
 N_GRAD = 6  # per-intersection gradient row: d means2d (2), d conic (3), d opacity (1), then the features
 
 # error_model="numpy": float division without Python's zero check, which would block vectorisation
@@ -290,21 +289,10 @@ def _box(mx, my, rx, ry, width, height):
     return x0, x1, y0, y1
 
 
-@njit(inline="always", **_JIT1)
-def _gaussian(cg, P, means2d, conics, opacities, features, radii, width, height):
-    """One projected Gaussian (camera-major id ``cg``) in float64, and its pixel box: what both raster passes read."""
-    c = cg // P
-    g = cg - c * P
-    mx, my = np.float64(means2d[c, g, 0]), np.float64(means2d[c, g, 1])
-    x0, x1, y0, y1 = _box(mx, my, radii[c, g, 0], radii[c, g, 1], width, height)
-    return (mx, my, np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2]),
-            np.float64(opacities[c, g]), np.float64(features[c, g, 0]), np.float64(features[c, g, 1]),
-            np.float64(features[c, g, 2]), np.float64(features[c, g, 3]), x0, x1, y0, y1)
-
-
 @njit(**_JIT)
-def count_tiles(means2d, radii, width, height, tile_size, counts):
-    """counts[cg] = number of tiles the pixel box of (c, g) touches (0 when culled or between pixel centres)."""
+def count_tiles(means2d, radii, width, height, tile_size, counts, rects):
+    """counts[cg] = number of tiles the pixel box of (c, g) touches (0 when culled or between pixel centres);
+    rects[cg] = that tile rectangle (tx0, tx1, ty0, ty1), inclusive."""
     C, P = radii.shape[0], radii.shape[1]
     for i in prange(C * P):
         c = i // P
@@ -315,7 +303,11 @@ def count_tiles(means2d, radii, width, height, tile_size, counts):
         x0, x1, y0, y1 = _box(means2d[c, g, 0], means2d[c, g, 1], radii[c, g, 0], radii[c, g, 1], width, height)
         if x0 > x1 or y0 > y1:
             continue
-        counts[i] = (x1 // tile_size - x0 // tile_size + 1) * (y1 // tile_size - y0 // tile_size + 1)
+        rects[i, 0] = x0 // tile_size
+        rects[i, 1] = x1 // tile_size
+        rects[i, 2] = y0 // tile_size
+        rects[i, 3] = y1 // tile_size
+        counts[i] = (rects[i, 1] - rects[i, 0] + 1) * (rects[i, 3] - rects[i, 2] + 1)
 
 
 @njit(**_JIT1)
@@ -341,29 +333,43 @@ def argsort_positive(keys, out):
     out[:] = src
 
 
+_BIN_CHUNK = 256
+
+
+@njit(inline="always", **_JIT1)
+def _gather_rects(order, r0, r1, rects, P, n_tiles, buf):
+    """buf[j] = (camera tile offset, tx0, tx1, ty0, ty1) of order[r0 + j]: a branch-free loop of independent
+    loads, so that the CPU overlaps their cache misses (the binning loops that follow are branchy)."""
+    for r in range(r0, r1):
+        cg = order[r]
+        buf[r - r0, 0] = (cg // P) * n_tiles
+        for f in range(4):
+            buf[r - r0, 1 + f] = rects[cg, f]
+
+
 @njit(**_JIT)
-def bin_tiles(order, means2d, radii, width, height, tile_size, n_parts, tile_offsets, flat_ids):
-    """Stable counting sort of (tile, cg) pairs by tile, visiting ``order`` (cg ids sorted by camera, depth).
+def bin_tiles(order, rects, P, tiles_x, n_tiles, n_parts, tile_offsets, flat_ids, rank):
+    """Stable counting sort of (tile, cg) pairs by tile, visiting ``order`` (cg ids sorted by camera, depth) and
+    their tile rectangles ``rects`` (from ``count_tiles``).
 
     The order is split in ``n_parts`` contiguous parts, each counted and filled by one thread at offsets that
     keep the parts in order, so every tile's list comes out depth-sorted and the result is deterministic.
+    ``rank[cg]`` receives cg's position in ``order``: within a tile, intersection k comes before k' exactly
+    when rank[flat_ids[k]] < rank[flat_ids[k']] (depth ties included).
     """
-    P = radii.shape[1]
-    tiles_x = (width + tile_size - 1) // tile_size
-    tiles_y = (height + tile_size - 1) // tile_size
-    n_tiles = tiles_x * tiles_y
     n_total = tile_offsets.shape[0] - 1
     n = order.shape[0]
     part_counts = np.zeros((n_parts, n_total), dtype=np.int64)
     for p in prange(n_parts):
-        for r in range(p * n // n_parts, (p + 1) * n // n_parts):
-            cg = order[r]
-            c = cg // P
-            g = cg - c * P
-            x0, x1, y0, y1 = _box(means2d[c, g, 0], means2d[c, g, 1], radii[c, g, 0], radii[c, g, 1], width, height)
-            for ty in range(y0 // tile_size, y1 // tile_size + 1):
-                for tx in range(x0 // tile_size, x1 // tile_size + 1):
-                    part_counts[p, c * n_tiles + ty * tiles_x + tx] += 1
+        buf = np.empty((_BIN_CHUNK, 5), dtype=np.int64)
+        for r0 in range(p * n // n_parts, (p + 1) * n // n_parts, _BIN_CHUNK):
+            r1 = min(r0 + _BIN_CHUNK, (p + 1) * n // n_parts)
+            _gather_rects(order, r0, r1, rects, P, n_tiles, buf)
+            for j in range(r1 - r0):
+                rank[order[r0 + j]] = r0 + j
+                for ty in range(buf[j, 3], buf[j, 4] + 1):
+                    for tx in range(buf[j, 1], buf[j, 2] + 1):
+                        part_counts[p, buf[j, 0] + ty * tiles_x + tx] += 1
     # exclusive prefix sum over (tile, part): part p of tile t starts after all parts of earlier tiles
     run = 0
     for t in range(n_total):
@@ -374,63 +380,64 @@ def bin_tiles(order, means2d, radii, width, height, tile_size, n_parts, tile_off
             run += cnt
     tile_offsets[n_total] = run
     for p in prange(n_parts):
-        for r in range(p * n // n_parts, (p + 1) * n // n_parts):
-            cg = order[r]
-            c = cg // P
-            g = cg - c * P
-            x0, x1, y0, y1 = _box(means2d[c, g, 0], means2d[c, g, 1], radii[c, g, 0], radii[c, g, 1], width, height)
-            for ty in range(y0 // tile_size, y1 // tile_size + 1):
-                for tx in range(x0 // tile_size, x1 // tile_size + 1):
-                    t = c * n_tiles + ty * tiles_x + tx
-                    pos = part_counts[p, t]
-                    part_counts[p, t] = pos + 1
-                    flat_ids[pos] = cg
+        buf = np.empty((_BIN_CHUNK, 5), dtype=np.int64)
+        for r0 in range(p * n // n_parts, (p + 1) * n // n_parts, _BIN_CHUNK):
+            r1 = min(r0 + _BIN_CHUNK, (p + 1) * n // n_parts)
+            _gather_rects(order, r0, r1, rects, P, n_tiles, buf)
+            for j in range(r1 - r0):
+                cg = order[r0 + j]
+                for ty in range(buf[j, 3], buf[j, 4] + 1):
+                    for tx in range(buf[j, 1], buf[j, 2] + 1):
+                        t = buf[j, 0] + ty * tiles_x + tx
+                        pos = part_counts[p, t]
+                        part_counts[p, t] = pos + 1
+                        flat_ids[pos] = cg
 
 
 # ------------------------------------------------------------------------------------------------ rasterisation
-# A tile's pixels are stored row by row in blocks of LANES columns (padded), so that the innermost loops run
-# over LANES consecutive pixels with no data-dependent branches and LLVM turns them into SIMD code. A
-# Gaussian visits, per row, only the blocks overlapping the span of its ellipse; masks do the rest. The
-# kernels take the lane count as an argument equal to LANES: a compile-time trip count makes LLVM unroll
-# the loop fully into scalar code instead of vectorising it.
-LANES = 16
+# One tile per task (dynamic schedule), Gaussians outer, pixels inner, in float32. A tile's pixels are stored
+# row by row with a row stride of a power of two >= 16 (padding lanes are masked), so that the pixels of the
+# rows a Gaussian covers form one contiguous run: the innermost loop walks that run with no data-dependent
+# branches and LLVM vectorises it to 16 float32 lanes (one AVX-512 register). The tile's per-pixel state lives
+# in one 2D array whose field stride is a compile-time constant, which tells LLVM the fields cannot overlap
+# (separate arrays cost ~150 instructions of runtime alias checks before every Gaussian). Gaussians are copied
+# CHUNK at a time into a small SoA buffer first: independent loads that the CPU overlaps, instead of one cache
+# miss per Gaussian in the middle of dependent work.
+MAX_TILE = 64  # largest tile side the state layout holds
+STATE_STRIDE = MAX_TILE * MAX_TILE + 80  # +80 floats: staggers the fields over L1 cache sets
+CHUNK = 64
+_f32 = np.float32
+_ZERO, _ONE, _HALF = _f32(0.0), _f32(1.0), _f32(0.5)
+_A_MIN, _A_MAX, _T_MIN = _f32(ALPHA_MIN), _f32(ALPHA_MAX), _f32(T_MIN)
+EXP_CLAMP = 8.0  # exp_neg32 clamps its argument here: e^-8 < 1/255, so clamped pairs stay below ALPHA_MIN
+_P_MAX, _EIGHTH, _E_HALF = _f32(EXP_CLAMP), _f32(1.0 / EXP_CLAMP), _f32(math.exp(-0.5))
+_C3, _C4, _C5, _C6, _C7, _C8 = (_f32(1.0 / math.factorial(i)) for i in range(3, 9))
+# reassoc: vectorised reductions (deterministic: the order is fixed by the compiled code); contract: FMA
+_FAST = {"contract", "reassoc", "nsz", "arcp"}
+_RJIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
 
 
-_E_HALF = math.exp(-0.5)
+def row_shift(tile_size: int) -> int:
+    """log2 of the tile state's row stride: the smallest power of two >= max(tile_size, 16)."""
+    return max(4, (int(tile_size) - 1).bit_length())
 
 
-@njit(**_JIT1)
-def exp_neg(p):
-    """exp(-p) for 0 <= p <= 16 to 3e-10 relative (e^-16 beyond) in straight-line code that vectorises, unlike
-    libm's exp: (e^-1/2 e^r)^16 with r = 1/2 - p/16 in [-1/2, 1/2], a degree-10 Taylor polynomial by Estrin."""
-    p = min(max(p, 0.0), 16.0)
-    r = 0.5 - p * 0.0625
+@njit(inline="always", fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def exp_neg32(p):
+    """exp(-p) in float32 for 0 <= p <= 8 to ~1e-6 relative (e^-8 beyond), in straight-line code that vectorises
+    (libm's exp does not): (e^-1/2 e^r)^8 with r = 1/2 - p/8 in [-1/2, 1/2], a degree-8 Taylor polynomial."""
+    p = min(max(p, _ZERO), _P_MAX)
+    r = _HALF - p * _EIGHTH
     r2 = r * r
     r4 = r2 * r2
-    r8 = r4 * r4
-    poly = ((((1.0 + r) + r2 * (1 / 2 + r * (1 / 6))) + r4 * ((1 / 24 + r * (1 / 120)) + r2 * (1 / 720 + r * (1 / 5040))))
-            + r8 * ((1 / 40320 + r * (1 / 362880)) + r2 * (1 / 3628800)))
+    poly = ((_ONE + r) + r2 * (_HALF + r * _C3)) + r4 * ((_C4 + r * _C5) + r2 * (_C6 + r * _C7) + r4 * _C8)
     v = poly * _E_HALF
-    v = v * v
     v = v * v
     v = v * v
     return v * v
 
 
-@njit(**_JIT1)
-def _row_span(dy, a, b, c, thr, inv_a, x_lo, x_hi, mx):
-    """Pixel columns [x0, x1] within [x_lo, x_hi] whose centres can have power <= thr on a row at offset dy."""
-    qb = b * dy
-    disc = qb * qb - a * (c * dy * dy - 2.0 * thr)
-    if disc < 0.0:
-        return 1, 0
-    r = math.sqrt(disc)
-    lo = (-qb - r) * inv_a + mx - 0.5
-    hi = (-qb + r) * inv_a + mx - 0.5
-    return max(x_lo, int(math.ceil(lo))), min(x_hi, int(math.floor(hi)))
-
-
-@njit(**_JIT1)
+@njit(inline="always", fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
 def _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height):
     c = t // n_tiles
     tt = t - c * n_tiles
@@ -438,223 +445,307 @@ def _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height):
     tx0 = (tt % tiles_x) * tile_size
     tx1 = min(tx0 + tile_size, width) - 1
     ty1 = min(ty0 + tile_size, height) - 1
-    nblk = (tx1 - tx0 + LANES) // LANES
-    return c, tx0, tx1, ty0, ty1, nblk
+    return c, tx0, tx1, ty0, ty1
 
 
-@njit(**_JIT)
-def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, width, height,
-                  tile_size, lanes, out_feat, out_alpha, final_T, last_ids, work):
-    """Front-to-back compositing, one tile per iteration, Gaussians outer and pixels inner.
+ROW_SLACK = 1e-3  # widens the row bound's power threshold; the exact per-lane test decides
 
-    ``features`` (C, P, 4): the channels are unrolled (RGB + depth) so that the pixel loop is the innermost
-    loop and vectorises. Fills out_feat (C, H, W, 4), out_alpha (C, H, W), final_T (C, H, W) float64,
-    last_ids (C, H, W) (flat index of the last contributor, -1 for none) and work (n_tiles_total, 2): pixel
-    lanes evaluated and pixel-Gaussian pairs that contributed.
+
+@njit(inline="always", **_JIT1)
+def _strip_bound(a, b, c, thr, ymax, xa, xb, sign):
+    """The top (sign +1) or bottom (sign -1) dy of the ellipse 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= thr within
+    the strip xa <= dx <= xb; NaN when they do not meet."""
+    x_ext = -b / a * ymax * sign  # where the ellipse reaches its top / bottom
+    if xa <= x_ext <= xb:
+        return sign * ymax
+    x = min(max(x_ext, xa), xb)  # away from there the boundary's dy moves monotonically towards the centre
+    disc = (b * x) ** 2 - c * (a * x * x - 2.0 * thr)
+    if disc < 0.0:
+        return np.nan
+    return (-b * x + sign * math.sqrt(disc)) / c
+
+
+@njit(inline="always", **_JIT1)
+def _strip_rows(a, b, c, thr, xa, xb):
+    """[lo, hi] of dy over that ellipse within the strip (lo > hi when they do not meet): the bound of a
+    Gaussian's rows in one tile, where alpha can reach 1/255."""
+    det = a * c - b * b
+    if not (det > 0.0 and a > 0.0 and c > 0.0 and thr > 0.0):
+        return 1.0, 0.0
+    ymax = math.sqrt(2.0 * thr * a / det)
+    lo = _strip_bound(a, b, c, thr, ymax, xa, xb, -1.0)
+    hi = _strip_bound(a, b, c, thr, ymax, xa, xb, 1.0)
+    if np.isnan(lo) or np.isnan(hi):
+        return 1.0, 0.0
+    return lo, hi
+
+
+@njit(inline="always", fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size, tx0, tx1,
+            ty0, ty1, gp, gi, cg_offsets, rows):
+    """Gaussians k0..k1 - 1 of a tile -> gp[:, j] float32 (dx, dy of the tile's first pixel centre, conic a / 2,
+    b, c / 2, opacity, 4 features) and gi[:, j] int32 (first row and row count within the tile, first and last
+    column of the pixel box; the rows are those of the box where the alpha >= 1/255 ellipse can be); with ``rows`` (not None), rows[j] = the pair's gradient row cg_offsets[cg] + the
+    tile's index in the pair's tile rectangle (row-major)."""
+    for k in range(k0, k1):
+        j = k - k0
+        cg = flat_ids[k]
+        c = cg // P
+        g = cg - c * P
+        mx, my = np.float64(means2d[c, g, 0]), np.float64(means2d[c, g, 1])
+        x0, x1, y0, y1 = _box(mx, my, np.float64(radii[c, g, 0]), np.float64(radii[c, g, 1]), width, height)
+        if rows is not None:
+            rows[j] = cg_offsets[cg] + ((ty0 // tile_size - y0 // tile_size) * (x1 // tile_size - x0 // tile_size + 1)
+                                        + tx0 // tile_size - x0 // tile_size)
+        x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)
+        ca, cb, cc, o = np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2]), \
+            np.float64(opacities[c, g])
+        lo, hi = _strip_rows(ca, cb, cc, math.log(255.0 * o) + ROW_SLACK, x0 + 0.5 - mx, x1 + 0.5 - mx)
+        y0 = max(y0, int(math.ceil(my + lo - 0.5)))
+        y1 = min(y1, int(math.floor(my + hi - 0.5)))
+        gp[0, j] = tx0 + 0.5 - mx
+        gp[1, j] = ty0 + 0.5 - my
+        gp[2, j] = 0.5 * ca
+        gp[3, j] = cb
+        gp[4, j] = 0.5 * cc
+        gp[5, j] = o
+        gp[6, j] = features[c, g, 0]
+        gp[7, j] = features[c, g, 1]
+        gp[8, j] = features[c, g, 2]
+        gp[9, j] = features[c, g, 3]
+        gi[0, j] = y0 - ty0
+        gi[1, j] = y1 - y0 + 1 if x0 <= x1 and y0 <= y1 else 0
+        gi[2, j] = x0 - tx0
+        gi[3, j] = x1 - tx0
+
+
+# tile state fields (rows of the state array)
+_F_T, _F_COL, _F_ROW = 0, 1, 2  # transmittance, pixel column and row within the tile (float32)
+_F_ACC, _F_LAST = 3, 7  # forward: 4 accumulated features, index of the last contributor (int32 view)
+_F_VA, _F_V, _F_BH, _F_LASTB = 3, 4, 8, 12  # backward: v_alpha * final T, 4 output grads, 4 features behind
+
+
+@njit(**_RJIT)
+def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, width, height, tile_size,
+                  shift, out_feat, out_alpha, final_T, last_ids, work):
+    """Front-to-back compositing of ``features`` (C, P, 4) (RGB + depth) -> out_feat (C, H, W, 4), out_alpha,
+    final_T (C, H, W) float32, last_ids (C, H, W) int64 (flat index of the last contributor, -1 for none) and
+    work (n_tiles_total, 2): pixel lanes evaluated and pixel-Gaussian pairs that contributed.
+
+    A pixel's T is > 0 while it composites; terminated pixels and padding lanes hold -T, so one array carries
+    both, and a tile stops at the first Gaussian after all its pixels terminated.
     """
     P = radii.shape[1]
     tiles_x = (width + tile_size - 1) // tile_size
     n_tiles = tiles_x * ((height + tile_size - 1) // tile_size)
+    stride = 1 << shift
+    mask = stride - 1
     for t in prange(tile_offsets.shape[0] - 1):
-        c, tx0, tx1, ty0, ty1, nblk = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
-        npad = (ty1 - ty0 + 1) * nblk * LANES
-        # T > 0 while the pixel composites; terminated (and padding) pixels hold -T, so one array carries both
-        T = np.ones(npad)
-        acc0 = np.zeros(npad)
-        acc1 = np.zeros(npad)
-        acc2 = np.zeros(npad)
-        acc3 = np.zeros(npad)
-        last = np.full(npad, -1, dtype=np.int64)
-        n_live = npad
-        for i in range(npad):
-            if tx0 + i % (nblk * LANES) > tx1:
-                T[i] = -1.0
-                n_live -= 1
+        c, tx0, tx1, ty0, ty1 = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
+        npix = (ty1 - ty0 + 1) * stride
+        S = np.empty((8, STATE_STRIDE), dtype=np.float32)
+        L = S.view(np.int32)
+        n_live = 0
+        for i in range(npix):
+            live = (i & mask) <= tx1 - tx0
+            S[_F_T, i] = _ONE if live else -_ONE
+            n_live += 1 if live else 0
+            S[_F_COL, i] = i & mask
+            S[_F_ROW, i] = i >> shift
+            for f in range(4):
+                S[_F_ACC + f, i] = _ZERO
+            L[_F_LAST, i] = -1
+        gp = np.empty((10, CHUNK), dtype=np.float32)
+        gi = np.empty((4, CHUNK), dtype=np.int32)
+        n_eval = 0
         n_used = 0
-        n_blocks = 0
-        for k in range(tile_offsets[t], tile_offsets[t + 1]):
+        start, end = tile_offsets[t], tile_offsets[t + 1]
+        for k0 in range(start, end, CHUNK):
             if n_live <= 0:
                 break
-            cg = flat_ids[k]
-            mx, my, ca, cb, cc2, o, f0, f1, f2, f3, x0, x1, y0, y1 = _gaussian(
-                cg, P, means2d, conics, opacities, features, radii, width, height)
-            x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)
-            thr = math.log(255.0 * o) + SPAN_SLACK
-            inv_a = 1.0 / ca
-            for iy in range(y0, y1 + 1):
-                dy = iy + 0.5 - my
-                sx0, sx1 = _row_span(dy, ca, cb, cc2, thr, inv_a, x0, x1, mx)
-                if sx0 > sx1:
+            k1 = min(k0 + CHUNK, end)
+            _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size,
+                    tx0, tx1, ty0, ty1, gp, gi, None, None)
+            for k in range(k0, k1):
+                if n_live <= 0:
+                    break
+                j = k - k0
+                if gi[1, j] <= 0:
                     continue
-                cdy = 0.5 * cc2 * dy * dy
-                bdy = cb * dy
-                b0 = (sx0 - tx0) // LANES
-                nb = (sx1 - tx0) // LANES + 1 - b0
-                n_blocks += nb
-                # one loop over the blocks covering the span (contiguous within the row)
-                xb = tx0 + b0 * LANES
-                base = np.uint64(((iy - ty0) * nblk + b0) * LANES)
-                lo = np.float64(sx0 - xb) - 0.5
-                hi = np.float64(sx1 - xb) + 0.5
-                dx0 = xb + 0.5 - mx
-                n_stop = 0
-                for j in range(nb * lanes):
-                    i = base + np.uint64(j)
-                    fj = np.float64(j)
-                    dx = dx0 + fj
-                    power = 0.5 * ca * dx * dx + cdy + bdy * dx
-                    raw = o * exp_neg(power)
-                    alpha = min(ALPHA_MAX, raw)
-                    t_i = T[i]
-                    ok = (fj >= lo) & (fj <= hi) & (power >= 0.0) & (raw >= ALPHA_MIN) & (t_i > 0.0)
-                    t_next = t_i * (1.0 - alpha)
-                    stop = ok & (t_next < T_MIN)
-                    use = ok & (t_next >= T_MIN)
-                    w = alpha * t_i if use else 0.0
-                    acc0[i] += w * f0
-                    acc1[i] += w * f1
-                    acc2[i] += w * f2
-                    acc3[i] += w * f3
-                    T[i] = t_next if use else (-t_i if stop else t_i)
-                    last[i] = k if use else last[i]
-                    n_stop += 1 if stop else 0
-                    n_used += 1 if use else 0
-                n_live -= n_stop
-        work[t, 0] = n_blocks * LANES
+                dx0, dy0, ha, b, hc, o = gp[0, j], gp[1, j], gp[2, j], gp[3, j], gp[4, j], gp[5, j]
+                f0, f1, f2, f3 = gp[6, j], gp[7, j], gp[8, j], gp[9, j]
+                lo, hi = _f32(gi[2, j]), _f32(gi[3, j])
+                n = np.uint64(gi[1, j] << shift)
+                base = np.uint64(gi[0, j] << shift)  # unsigned: no negative-index wraparound in the loop
+                kk = np.int32(k - start)
+                n_stop = _ZERO  # float32 counters: int64 ones would halve the vector width
+                n_use = _ZERO
+                for e in range(n):
+                    i = base + e
+                    col = S[_F_COL, i]
+                    dx = col + dx0
+                    dy = S[_F_ROW, i] + dy0
+                    power = dx * (ha * dx + b * dy) + hc * dy * dy
+                    raw = o * exp_neg32(power)
+                    alpha = min(_A_MAX, raw)
+                    t_i = S[_F_T, i]
+                    ok = (col >= lo) & (col <= hi) & (power >= _ZERO) & (raw >= _A_MIN) & (t_i > _ZERO)
+                    t_next = t_i * (_ONE - alpha)
+                    stop = ok & (t_next < _T_MIN)
+                    use = ok & (t_next >= _T_MIN)
+                    w = alpha * t_i if use else _ZERO
+                    S[_F_ACC, i] += w * f0
+                    S[_F_ACC + 1, i] += w * f1
+                    S[_F_ACC + 2, i] += w * f2
+                    S[_F_ACC + 3, i] += w * f3
+                    S[_F_T, i] = t_next if use else (-t_i if stop else t_i)
+                    L[_F_LAST, i] = kk if use else L[_F_LAST, i]
+                    n_stop += _ONE if stop else _ZERO
+                    n_use += _ONE if use else _ZERO
+                n_eval += n
+                n_used += int(n_use)
+                n_live -= int(n_stop)
+        work[t, 0] = n_eval
         work[t, 1] = n_used
         for iy in range(ty0, ty1 + 1):
             for ix in range(tx0, tx1 + 1):
-                i = ((iy - ty0) * nblk + (ix - tx0) // LANES) * LANES + (ix - tx0) % LANES
-                out_feat[c, iy, ix, 0] = acc0[i]
-                out_feat[c, iy, ix, 1] = acc1[i]
-                out_feat[c, iy, ix, 2] = acc2[i]
-                out_feat[c, iy, ix, 3] = acc3[i]
-                out_alpha[c, iy, ix] = 1.0 - abs(T[i])
-                final_T[c, iy, ix] = abs(T[i])
-                last_ids[c, iy, ix] = last[i]
+                i = ((iy - ty0) << shift) + ix - tx0
+                for f in range(4):
+                    out_feat[c, iy, ix, f] = S[_F_ACC + f, i]
+                out_alpha[c, iy, ix] = _ONE - abs(S[_F_T, i])
+                final_T[c, iy, ix] = abs(S[_F_T, i])
+                last_ids[c, iy, ix] = L[_F_LAST, i] + start if L[_F_LAST, i] >= 0 else -1
 
 
-@njit(**_JIT)
-def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, cg_offsets, width,
-                  height, tile_size, lanes, final_T, last_ids, v_feat, v_alpha, grad_rows):
-    """Back-to-front replay of each pixel's contributors (3DGS): T is recovered by dividing by (1 - alpha),
-    the features behind each Gaussian are accumulated on the way. Gradients are accumulated per lane and
-    summed at the end of each Gaussian (no reassociation needed) into one row per intersection of
-    grad_rows (n_isect, N_GRAD + 4), which must arrive zeroed: the rows of a camera-Gaussian pair are
-    ``cg_offsets[cg]`` + the tile's index in the pair's tile rectangle, so each pair's rows are contiguous.
+@njit(**_RJIT)
+def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, cg_offsets, rank, width,
+                  height, tile_size, shift, final_T, last_ids, v_feat, v_alpha, grad_rows, tile_last):
+    """Back-to-front replay of each pixel's contributors (3DGS): T is recovered by dividing by (1 - alpha), the
+    features behind each Gaussian accumulate on the way. Each pair's per-lane gradient sums (vectorised
+    reductions) become its row of grad_rows (n_isect, N_GRAD + 4) for this tile (see ``_gather``); only the
+    tile's Gaussians up to its last contributor get rows, and tile_last[t] receives that contributor's ``rank``
+    (-1 if none), which tells ``reduce_grads`` which rows exist.
     """
     P = radii.shape[1]
     tiles_x = (width + tile_size - 1) // tile_size
     n_tiles = tiles_x * ((height + tile_size - 1) // tile_size)
-    n_cols = grad_rows.shape[1]
+    stride = 1 << shift
+    mask = stride - 1
     for t in prange(tile_offsets.shape[0] - 1):
         start, end = tile_offsets[t], tile_offsets[t + 1]
+        tile_last[t] = -1
         if start == end:
             continue
-        c, tx0, tx1, ty0, ty1, nblk = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
-        npad = (ty1 - ty0 + 1) * nblk * LANES
-        T = np.ones(npad)
-        va_tf = np.zeros(npad)  # d loss / d alpha_pixel * final T
-        last = np.full(npad, -1, dtype=np.int64)
-        v0 = np.zeros(npad)
-        v1 = np.zeros(npad)
-        v2 = np.zeros(npad)
-        v3 = np.zeros(npad)
-        bh0 = np.zeros(npad)  # features composited behind the current Gaussian (absolute weights)
-        bh1 = np.zeros(npad)
-        bh2 = np.zeros(npad)
-        bh3 = np.zeros(npad)
+        c, tx0, tx1, ty0, ty1 = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
+        npix = (ty1 - ty0 + 1) * stride
+        S = np.empty((13, STATE_STRIDE), dtype=np.float32)
+        L = S.view(np.int32)
+        for i in range(npix):  # padding lanes: finite zeros (they are masked, but 0 * NaN would not be)
+            for f in range(12):
+                S[f, i] = _ZERO
+            S[_F_COL, i] = i & mask
+            S[_F_ROW, i] = i >> shift
+            L[_F_LASTB, i] = -1
         kmax = -1
         for iy in range(ty0, ty1 + 1):
             for ix in range(tx0, tx1 + 1):
-                i = ((iy - ty0) * nblk + (ix - tx0) // LANES) * LANES + (ix - tx0) % LANES
-                T[i] = final_T[c, iy, ix]
-                last[i] = last_ids[c, iy, ix]
-                kmax = max(kmax, last[i])
-                va_tf[i] = v_alpha[c, iy, ix] * final_T[c, iy, ix]
-                v0[i] = v_feat[c, iy, ix, 0]
-                v1[i] = v_feat[c, iy, ix, 1]
-                v2[i] = v_feat[c, iy, ix, 2]
-                v3[i] = v_feat[c, iy, ix, 3]
-        # per-lane gradient sums: 0 mean x, 1 mean y, 2 conic a, 3 conic b, 4 conic c, 5 opacity, 6.. features
-        gsum = np.zeros((N_GRAD + 4, LANES))
-        for k in range(kmax, start - 1, -1):
-            cg = flat_ids[k]
-            mx, my, ca, cb, cc2, o, f0, f1, f2, f3, x0, x1, y0, y1 = _gaussian(
-                cg, P, means2d, conics, opacities, features, radii, width, height)
-            row = cg_offsets[cg] + ((ty0 // tile_size - y0 // tile_size) * (x1 // tile_size - x0 // tile_size + 1)
-                                    + tx0 // tile_size - x0 // tile_size)
-            x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)
-            thr = math.log(255.0 * o) + SPAN_SLACK
-            inv_a = 1.0 / ca
-            touched = False
-            for iy in range(y0, y1 + 1):
-                dy = iy + 0.5 - my
-                sx0, sx1 = _row_span(dy, ca, cb, cc2, thr, inv_a, x0, x1, mx)
-                if sx0 > sx1:
-                    continue
-                touched = True
-                cdy = 0.5 * cc2 * dy * dy
-                bdy = cb * dy
-                for b in range((sx0 - tx0) // LANES, (sx1 - tx0) // LANES + 1):
-                    xb = tx0 + b * LANES
-                    base = np.uint64(((iy - ty0) * nblk + b) * LANES)
-                    lo = np.float64(sx0 - xb) - 0.5
-                    hi = np.float64(sx1 - xb) + 0.5
-                    dx0 = xb + 0.5 - mx
-                    for j in range(lanes):
-                        i = base + np.uint64(j)
-                        fj = np.float64(j)
-                        dx = dx0 + fj
-                        power = 0.5 * ca * dx * dx + cdy + bdy * dx
-                        e = exp_neg(power)
-                        raw = o * e
-                        alpha = min(ALPHA_MAX, raw)
-                        act = (fj >= lo) & (fj <= hi) & (power >= 0.0) & (raw >= ALPHA_MIN) & (k <= last[i])
-                        inv = 1.0 / (1.0 - alpha)
-                        t_i = T[i] * inv
-                        w = alpha * t_i if act else 0.0
-                        p0, p1, p2, p3 = v0[i], v1[i], v2[i], v3[i]
-                        b0, b1, b2, b3 = bh0[i], bh1[i], bh2[i], bh3[i]
-                        # d loss / d alpha: own colour in front of what is behind, and the pixel's alpha
-                        v_al = (t_i * (f0 * p0 + f1 * p1 + f2 * p2 + f3 * p3)
-                                - inv * (b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3) + va_tf[i] * inv)
-                        gsum[6, j] += w * p0
-                        gsum[7, j] += w * p1
-                        gsum[8, j] += w * p2
-                        gsum[9, j] += w * p3
-                        bh0[i] = b0 + f0 * w
-                        bh1[i] = b1 + f1 * w
-                        bh2[i] = b2 + f2 * w
-                        bh3[i] = b3 + f3 * w
-                        T[i] = t_i if act else T[i]
-                        grad = act & (raw <= ALPHA_MAX)  # the clamp at 0.99 has zero gradient
-                        vp = -raw * v_al if grad else 0.0
-                        gsum[5, j] += e * v_al if grad else 0.0
-                        gsum[2, j] += 0.5 * vp * dx * dx
-                        gsum[3, j] += vp * dx * dy
-                        gsum[4, j] += 0.5 * vp * dy * dy
-                        gsum[0, j] -= vp * (ca * dx + cb * dy)
-                        gsum[1, j] -= vp * (cb * dx + cc2 * dy)
-            if touched:
-                for col in range(n_cols):
-                    total = 0.0
-                    for j in range(LANES):
-                        total += gsum[col, j]
-                        gsum[col, j] = 0.0
-                    grad_rows[row, col] = total
+                i = ((iy - ty0) << shift) + ix - tx0
+                S[_F_T, i] = final_T[c, iy, ix]
+                lk = last_ids[c, iy, ix]
+                L[_F_LASTB, i] = lk - start if lk >= 0 else -1
+                kmax = max(kmax, lk)
+                S[_F_VA, i] = v_alpha[c, iy, ix] * final_T[c, iy, ix]
+                for f in range(4):
+                    S[_F_V + f, i] = v_feat[c, iy, ix, f]
+        if kmax < 0:
+            continue
+        tile_last[t] = rank[flat_ids[kmax]]
+        gp = np.empty((10, CHUNK), dtype=np.float32)
+        gi = np.empty((4, CHUNK), dtype=np.int32)
+        rows = np.empty(CHUNK, dtype=np.int64)
+        for ch in range((kmax - start) // CHUNK, -1, -1):
+            k0 = start + ch * CHUNK
+            k1 = min(k0 + CHUNK, kmax + 1)
+            _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size,
+                    tx0, tx1, ty0, ty1, gp, gi, cg_offsets, rows)
+            for k in range(k1 - 1, k0 - 1, -1):
+                j = k - k0
+                dx0, dy0, ha, b, hc, o = gp[0, j], gp[1, j], gp[2, j], gp[3, j], gp[4, j], gp[5, j]
+                f0, f1, f2, f3 = gp[6, j], gp[7, j], gp[8, j], gp[9, j]
+                lo, hi = _f32(gi[2, j]), _f32(gi[3, j])
+                n = np.uint64(max(gi[1, j], 0) << shift)
+                base = np.uint64(gi[0, j] << shift)
+                kk = np.int32(k - start)
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = _ZERO
+                for e in range(n):
+                    i = base + e
+                    col = S[_F_COL, i]
+                    dx = col + dx0
+                    dy = S[_F_ROW, i] + dy0
+                    power = dx * (ha * dx + b * dy) + hc * dy * dy
+                    ex = exp_neg32(power)
+                    raw = o * ex
+                    alpha = min(_A_MAX, raw)
+                    act = (col >= lo) & (col <= hi) & (power >= _ZERO) & (raw >= _A_MIN) & (kk <= L[_F_LASTB, i])
+                    inv = _ONE / (_ONE - alpha)
+                    t_i = S[_F_T, i] * inv
+                    w = alpha * t_i if act else _ZERO
+                    p0, p1, p2, p3 = S[_F_V, i], S[_F_V + 1, i], S[_F_V + 2, i], S[_F_V + 3, i]
+                    b0, b1, b2, b3 = S[_F_BH, i], S[_F_BH + 1, i], S[_F_BH + 2, i], S[_F_BH + 3, i]
+                    # d loss / d alpha: own colour in front of what is behind, and the pixel's alpha
+                    v_al = (t_i * (f0 * p0 + f1 * p1 + f2 * p2 + f3 * p3)
+                            - inv * (b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3) + S[_F_VA, i] * inv)
+                    s6 += w * p0
+                    s7 += w * p1
+                    s8 += w * p2
+                    s9 += w * p3
+                    S[_F_BH, i] = b0 + f0 * w
+                    S[_F_BH + 1, i] = b1 + f1 * w
+                    S[_F_BH + 2, i] = b2 + f2 * w
+                    S[_F_BH + 3, i] = b3 + f3 * w
+                    S[_F_T, i] = t_i if act else S[_F_T, i]
+                    grad = act & (raw <= _A_MAX)  # the clamp at 0.99 has zero gradient
+                    vp = -raw * v_al if grad else _ZERO  # d loss / d power
+                    s5 += ex * v_al if grad else _ZERO
+                    s0 += vp * dx
+                    s1 += vp * dy
+                    s2 += vp * dx * dx
+                    s3 += vp * dx * dy
+                    s4 += vp * dy * dy
+                # power = a/2 dx^2 + b dx dy + c/2 dy^2 with dx = pixel - mean
+                row = rows[j]
+                grad_rows[row, 0] = -(2 * ha * s0 + b * s1)
+                grad_rows[row, 1] = -(b * s0 + 2 * hc * s1)
+                grad_rows[row, 2] = _HALF * s2
+                grad_rows[row, 3] = s3
+                grad_rows[row, 4] = _HALF * s4
+                grad_rows[row, 5] = s5
+                grad_rows[row, 6] = s6
+                grad_rows[row, 7] = s7
+                grad_rows[row, 8] = s8
+                grad_rows[row, 9] = s9
 
 
 @njit(**_JIT)
-def reduce_rows(grad_rows, cg_offsets, out):
-    """out[cg] = sum of the (contiguous) intersection rows of cg, in a fixed order (deterministic)."""
+def reduce_grads(grad_rows, tile_last, rank, cg_offsets, rects, P, tiles_x, n_tiles, out):
+    """out[cg] = sum of cg's gradient rows over the tiles whose backward reached it (rank[cg] <= tile_last[t]),
+    in the fixed order of cg's tile rectangle: deterministic and independent of the thread count. Rows are read
+    in increasing address order, and only those that were written."""
     n_cols = grad_rows.shape[1]
-    for cg in prange(cg_offsets.shape[0] - 1):
+    for cg in prange(out.shape[0]):
         for col in range(n_cols):
             out[cg, col] = 0.0
-        for k in range(cg_offsets[cg], cg_offsets[cg + 1]):
-            for col in range(n_cols):
-                out[cg, col] += grad_rows[k, col]
+        k = cg_offsets[cg]
+        if k == cg_offsets[cg + 1]:
+            continue
+        r = rank[cg]
+        base = (cg // P) * n_tiles
+        for ty in range(rects[cg, 2], rects[cg, 3] + 1):
+            for tx in range(rects[cg, 0], rects[cg, 1] + 1):
+                if r <= tile_last[base + ty * tiles_x + tx]:
+                    for col in range(n_cols):
+                        out[cg, col] += grad_rows[k, col]
+                k += 1
 
 
 # ------------------------------------------------------------------------------------------------ shading

@@ -54,6 +54,9 @@ class StreamConfig:
     """Synthetic scene kinds, drawn with equal probability."""
     supersample: int = 1
     """Anti-aliasing of the synthetic renderer (samples per pixel side)."""
+    orbit_spacing_deg: tuple[float, float] | None = None
+    """Object scenes: the angle between consecutive orbit views, drawn per sample from this range (the orbit then
+    spans views x spacing, at most 360 degrees), so that views overlap. None: every orbit spans 360 degrees."""
     color_jitter: float = 0.1
     """Per-view brightness / contrast / saturation factors in [1 - j, 1 + j]; 0 disables it."""
     folders: list[Path] = field(default_factory=list)
@@ -75,6 +78,10 @@ class StreamConfig:
                 raise ManyviewError(f"unknown scene kind {k!r}; expected 'object' or 'room'")
         if not 0.0 <= self.folder_fraction <= 1.0:
             raise ManyviewError(f"folder_fraction must be in [0, 1], got {self.folder_fraction}")
+        if self.orbit_spacing_deg is not None:
+            lo, hi = self.orbit_spacing_deg
+            if not 0 < lo <= hi <= 360:
+                raise ManyviewError(f"orbit_spacing_deg must satisfy 0 < low <= high <= 360, got {lo}, {hi}")
         if self.folder_fraction > 0 and not self.folders:
             raise ManyviewError("folder_fraction > 0 but no folders were given")
 
@@ -119,12 +126,14 @@ def views_for_group(seed: int, group: int, min_views: int, max_views: int) -> in
 
 
 def synthetic_sample(scene_seed: int, kind: SceneKind, num_views: int, height: int, width: int,
-                     camera_seed: int = 0, supersample: int = 1) -> dict[str, Tensor]:
-    """One synthetic scene rendered from ``num_views`` cameras, as a sample dict (plus ``scene_seed``)."""
+                     camera_seed: int = 0, supersample: int = 1, **trajectory) -> dict[str, Tensor]:
+    """One synthetic scene rendered from ``num_views`` cameras, as a sample dict (plus ``scene_seed``).
+
+    ``trajectory``: keyword arguments of the scene kind's camera path (e.g. ``arc_deg`` of an orbit)."""
     from manyview.synth import generate
 
     _, views = generate(scene_seed, kind=kind, num_views=num_views, height=height, width=width,
-                        supersample=supersample, camera_seed=camera_seed)
+                        supersample=supersample, camera_seed=camera_seed, **trajectory)
     sample = views_to_sample(views)
     sample["scene_seed"] = torch.tensor(scene_seed, dtype=torch.int64)
     return sample
@@ -249,7 +258,13 @@ class SampleMaker:
         else:
             kind = cfg.kinds[min(int(float(draws[1]) * len(cfg.kinds)), len(cfg.kinds) - 1)]
             scene_seed, camera_seed = torch.randint(0, EVAL_SEED_START, (2,), generator=generator).tolist()
-            sample = synthetic_sample(scene_seed, kind, n, cfg.height, cfg.width, camera_seed, cfg.supersample)
+            trajectory = {}
+            if kind == "object" and cfg.orbit_spacing_deg is not None:
+                lo, hi = cfg.orbit_spacing_deg
+                spacing = lo + (hi - lo) * float(torch.rand((), generator=generator))
+                trajectory["arc_deg"] = min(360.0, spacing * n)
+            sample = synthetic_sample(scene_seed, kind, n, cfg.height, cfg.width, camera_seed, cfg.supersample,
+                                      **trajectory)
         sample["images"] = color_jitter(sample["images"], cfg.color_jitter, generator)
         return sample
 

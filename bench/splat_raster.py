@@ -18,8 +18,9 @@ also compared with the CPU backend's.
 
 Time is wall clock (median of repeats) on a shared 2-core machine; the CPU backend's stages come from
 ``manyview.splat._cpu.profile()``. The "floor" column is the arithmetic lower bound: contributing pixel-Gaussian
-pairs x the floating-point operations a pair needs at minimum (forward 30, backward 60) at the machine's peak
-(cores x 2 vector FMA pipes x 4 float64 lanes x 2 flops x clock), i.e. what no CPU kernel can beat.
+pairs x the floating-point operations a pair needs at minimum (forward 30, backward 60) at the machine's float32
+peak (the rasteriser's precision: cores x 2 vector FMA pipes x 8 float32 lanes x 2 flops x clock), i.e. what no
+CPU kernel can beat.
 
     python bench/splat_raster.py            # all scenes (about 10 minutes on 2 cores)
     python bench/splat_raster.py --quick    # 20k Gaussians at 640 x 360 and the garden, a smoke run
@@ -173,7 +174,7 @@ def floor_seconds(contributing: int) -> tuple[float, float]:
             if line.startswith("cpu MHz"):
                 mhz = max(mhz, float(line.split(":")[1]))
     ghz = (mhz or 3000.0) / 1000
-    peak = numba.get_num_threads() * 2 * 4 * 2 * ghz * 1e9  # cores x FMA pipes x lanes x flops
+    peak = numba.get_num_threads() * 2 * 8 * 2 * ghz * 1e9  # cores x FMA pipes x float32 lanes x flops
     return contributing * FLOPS_PER_PAIR / peak, ghz
 
 
@@ -242,7 +243,7 @@ def main():
           f"CPU vs reference on the sampled pixels: PSNR >= {min(r['psnr_sampled_db'] for r in rows):.0f} dB, max |rgb "
           f"difference| {max(r['max_abs_rgb_diff_sampled'] for r in rows):.1e} (a pair within float32 rounding of "
           f"alpha = 1/255 contributes on one side only). Floor: {FLOPS_PER_PAIR} flops per contributing "
-          f"pair at {numba.get_num_threads()} cores x 16 float64 flops/cycle x {floor_seconds(0)[1]:.2f} GHz.")
+          f"pair at {numba.get_num_threads()} cores x 32 float32 flops/cycle x {floor_seconds(0)[1]:.2f} GHz.")
 
     result = dict(benchmark="splat_raster", quick=args.quick, threads=numba.get_num_threads(),
                   torch_threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),

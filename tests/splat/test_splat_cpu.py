@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import pytest
 import torch
 
+from manyview.errors import ManyviewError
 from manyview.splat import Gaussians, render
 from manyview.splat import _cpu, _cpu_kernels
 
@@ -72,19 +74,26 @@ def test_cpu_matches_reference_with_sh_degree_3_and_a_lower_render_degree(scene,
 
 def test_tile_size_does_not_change_the_result(scene, cameras):
     g, cams = scene(n=40, seed=3).to(torch.float32), cameras(2, height=40, width=56).to(torch.float32)
-    outs = [render(g, cams, backend="cpu", tile_size=ts) for ts in (8, 16, 32)]
+    outs = [render(g, cams, backend="cpu", tile_size=ts) for ts in (8, 16, 24, 32, 64)]
     for o in outs[1:]:
         torch.testing.assert_close(o.rgb, outs[0].rgb, rtol=0, atol=1e-6)
         torch.testing.assert_close(o.alpha, outs[0].alpha, rtol=0, atol=1e-6)
 
 
-def test_cpu_backend_is_deterministic(scene, cameras):
+def test_cpu_backend_is_deterministic_and_independent_of_the_thread_count(scene, cameras):
     g, cams = scene(n=40, seed=4).to(torch.float32), cameras(2).to(torch.float32)
     a = _render_and_grad(g, cams, "cpu")
-    b = _render_and_grad(g, cams, "cpu", a[2])
-    assert torch.equal(a[0].rgb, b[0].rgb)
-    for name in PARAMS:
-        assert torch.equal(a[1][name], b[1][name])
+    runs = [_render_and_grad(g, cams, "cpu", a[2])]
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        runs.append(_render_and_grad(g, cams, "cpu", a[2]))
+    finally:
+        numba.set_num_threads(threads)
+    for b in runs:
+        assert torch.equal(a[0].rgb, b[0].rgb)
+        for name in PARAMS:
+            assert torch.equal(a[1][name], b[1][name])
 
 
 def test_zero_gaussians_render_the_background(cameras):
@@ -134,26 +143,91 @@ def test_means2d_collects_gradients_for_densification(scene, cameras):
     assert out.means2d.grad[visible].abs().sum() > 0
 
 
+def test_cpu_backend_rejects_tiles_beyond_its_state_layout(scene, cameras):
+    g, cams = scene(n=10, seed=3).to(torch.float32), cameras(1).to(torch.float32)
+    with pytest.raises(ManyviewError, match="tile_size"):
+        render(g, cams, backend="cpu", tile_size=_cpu_kernels.MAX_TILE + 1)
+
+
 def test_fast_exp_matches_libm():
-    p = np.concatenate([np.linspace(0.0, 16.0, 20001), [1e-12, 5.54, 30.0, 1e9]])
-    approx = np.array([_cpu_kernels.exp_neg(x) for x in p])
-    exact = np.exp(-np.minimum(p, 16.0))
-    assert np.max(np.abs(approx / exact - 1)) < 1e-9
+    p = np.concatenate([np.linspace(0.0, _cpu_kernels.EXP_CLAMP, 40001), [1e-12, 5.54]]).astype(np.float32)
+    approx = np.array([_cpu_kernels.exp_neg32(x) for x in p])
+    exact = np.exp(-p.astype(np.float64))
+    assert np.max(np.abs(approx / exact - 1)) < 3e-6
+    # beyond the clamp it stays at e^-8, below alpha = 1/255 for any opacity <= 1
+    beyond = np.array([_cpu_kernels.exp_neg32(np.float32(x)) for x in (8.5, 30.0, 1e9, np.inf)])
+    assert np.all(beyond <= np.exp(-_cpu_kernels.EXP_CLAMP) * (1 + 3e-6)) and np.exp(-8) < 1 / 255
 
 
-def test_intersections_are_tile_major_and_depth_sorted(scene, cameras):
-    g, cams = scene(n=60, seed=8).to(torch.float32), cameras(2, height=40, width=56).to(torch.float32)
+def _pixel_box_tiles(proj, c, g, height, width, tile_size):
+    """Tiles (row-major) of the pixels whose centres lie inside pair (c, g)'s extent, by brute force."""
+    mx, my = proj.means2d[c, g].double().tolist()
+    rx, ry = proj.radii[c, g].double().tolist()
+    xs = np.flatnonzero(np.abs(np.arange(width) + 0.5 - mx) <= rx)
+    ys = np.flatnonzero(np.abs(np.arange(height) + 0.5 - my) <= ry)
+    if rx == 0 or xs.size == 0 or ys.size == 0:
+        return []
+    tiles_x = -(-width // tile_size)
+    return [ty * tiles_x + tx for ty in range(ys[0] // tile_size, ys[-1] // tile_size + 1)
+            for tx in range(xs[0] // tile_size, xs[-1] // tile_size + 1)]
+
+
+def test_intersections_are_tile_major_depth_sorted_and_inverted(scene, cameras):
+    h, w, ts, P = 40, 56, 16, 60
+    g, cams = scene(n=P, seed=8).to(torch.float32), cameras(2, height=h, width=w).to(torch.float32)
     proj = _cpu.project(g, cams)
-    isect = _cpu.intersect(proj, 40, 56, 16)
+    isect = _cpu.intersect(proj, h, w, ts)
     depths = proj.depths.detach().reshape(-1).numpy()
-    counts = np.diff(isect.cg_offsets)
-    assert counts.sum() == isect.count == isect.tile_offsets[-1]
+    n_tiles = 4 * 3
+    tile_of = np.repeat(np.arange(len(isect.tile_offsets) - 1), np.diff(isect.tile_offsets))
     for t in range(len(isect.tile_offsets) - 1):
         ids = isect.flat_ids[isect.tile_offsets[t]:isect.tile_offsets[t + 1]]
         assert np.all(np.diff(depths[ids]) >= 0)
-        assert np.all(ids // 60 == t // 12)  # 4 x 3 tiles per camera
-    # every pair appears once per tile it touches
-    assert np.array_equal(np.bincount(isect.flat_ids, minlength=counts.size), counts)
+        assert np.all(np.diff(isect.rank[ids]) > 0)  # the rank orders a tile's list, ties included
+        assert np.all(ids // P == t // n_tiles)
+    # every pair appears once per tile of its pixel box (brute force), and isect_of finds each of them
+    assert np.array_equal(isect.rank[isect.order], np.arange(len(isect.order)))
+    assert (isect.rank >= 0).sum() == len(isect.order)
+    assert np.array_equal(np.sort(isect.isect_of), np.arange(isect.count))
+    expected_count = 0
+    for cg in range(2 * P):
+        c, gi = divmod(cg, P)
+        tiles = [c * n_tiles + t for t in _pixel_box_tiles(proj, c, gi, h, w, ts)]
+        expected_count += len(tiles)
+        if not tiles:
+            assert isect.rank[cg] == -1
+            continue
+        r = isect.rank[cg]
+        pos = isect.isect_of[isect.rank_offsets[r]:isect.rank_offsets[r + 1]]
+        assert np.all(isect.flat_ids[pos] == cg)
+        assert tile_of[pos].tolist() == tiles
+    assert expected_count == isect.count
+
+
+def test_row_bounds_contain_exactly_the_ellipse_within_a_strip():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        L = rng.normal(size=(2, 2)) * rng.uniform(0.05, 1.0)
+        Q = L @ L.T + 0.05 * np.eye(2)  # conic (inverse covariance)
+        a, b, c = Q[0, 0], Q[0, 1], Q[1, 1]
+        thr = rng.uniform(0.1, 5.5)
+        ymax = np.sqrt(2 * thr * a / (a * c - b * b))
+        xmax = np.sqrt(2 * thr * c / (a * c - b * b))
+        xa = rng.uniform(-1.5, 1.2) * xmax
+        xb = xa + rng.uniform(0.0, 1.0) * xmax
+        lo, hi = _cpu_kernels._strip_rows(a, b, c, thr, ymax, xa, xb)
+        # brute force: for each dx of a fine grid over the strip, the dy interval of the ellipse
+        dx = np.linspace(xa, xb, 20001)
+        disc = (b * dx) ** 2 - c * (a * dx * dx - 2 * thr)
+        ok = disc >= 0
+        if not ok.any():
+            assert lo > hi or (hi - lo) < 1e-3 * ymax  # no meeting (or only at a grid-missed tangent)
+            continue
+        root = np.sqrt(disc[ok])
+        lo_bf, hi_bf = ((-b * dx[ok] - root) / c).min(), ((-b * dx[ok] + root) / c).max()
+        tol = 1e-9 * ymax
+        assert lo <= lo_bf + tol and hi >= hi_bf - tol  # never excludes a row the ellipse reaches
+        assert lo >= lo_bf - 1e-3 * ymax and hi <= hi_bf + 1e-3 * ymax  # and is tight
 
 
 def test_radix_argsort_is_a_stable_argsort():

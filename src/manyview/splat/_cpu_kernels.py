@@ -3,9 +3,10 @@ backward), depth sort and tile binning.
 
 Layout follows gsplat: per camera-Gaussian pairs are flattened to ``cg = c * P + g``; a tile's id is
 ``c * n_tiles + ty * tiles_x + tx``; ``tile_offsets[t]:tile_offsets[t + 1]`` indexes the depth-ordered ``cg``
-ids in ``flat_ids``. Parameters are float32; arithmetic and accumulators are float64 (measured no slower than
-float32 here, and it keeps the backward's transmittance division exact enough). Semantics are those of
-``manyview.splat.types``; ``_reference.py`` is the executable definition.
+ids in ``flat_ids``. Parameters are float32. Projection, shading and binning compute in float64; the
+rasteriser, where nearly all the time goes, in float32 (16 SIMD lanes where float64 has 8; its error against
+the float64 reference stays ~1e-6, see docs/splatting.md). Semantics are those of ``manyview.splat.types``;
+``_reference.py`` is the executable definition.
 """
 
 from __future__ import annotations
@@ -336,40 +337,41 @@ def argsort_positive(keys, out):
 _BIN_CHUNK = 256
 
 
-@njit(inline="always", **_JIT1)
-def _gather_rects(order, r0, r1, rects, P, n_tiles, buf):
-    """buf[j] = (camera tile offset, tx0, tx1, ty0, ty1) of order[r0 + j]: a branch-free loop of independent
-    loads, so that the CPU overlaps their cache misses (the binning loops that follow are branchy)."""
-    for r in range(r0, r1):
-        cg = order[r]
-        buf[r - r0, 0] = (cg // P) * n_tiles
-        for f in range(4):
-            buf[r - r0, 1 + f] = rects[cg, f]
-
-
 @njit(**_JIT)
-def bin_tiles(order, rects, P, tiles_x, n_tiles, n_parts, tile_offsets, flat_ids, rank):
-    """Stable counting sort of (tile, cg) pairs by tile, visiting ``order`` (cg ids sorted by camera, depth) and
-    their tile rectangles ``rects`` (from ``count_tiles``).
+def bin_tiles(order, rects, P, tiles_x, n_tiles, n_parts, tile_offsets, flat_ids, rank, rank_rects, rank_offsets,
+              isect_of):
+    """Stable counting sort of (tile, cg) pairs by tile, visiting ``order`` (the visible cg ids sorted by camera,
+    depth) and their tile rectangles ``rects`` (C * P, 4) (from ``count_tiles``).
 
     The order is split in ``n_parts`` contiguous parts, each counted and filled by one thread at offsets that
     keep the parts in order, so every tile's list comes out depth-sorted and the result is deterministic.
-    ``rank[cg]`` receives cg's position in ``order``: within a tile, intersection k comes before k' exactly
-    when rank[flat_ids[k]] < rank[flat_ids[k']] (depth ties included).
+    Also fills, for the backward's gradient reduction: rank[cg] = cg's position r in ``order`` (within a tile,
+    intersection k comes before k' exactly when rank[flat_ids[k]] < rank[flat_ids[k']], depth ties included);
+    rank_rects[r] = its tile rectangle; isect_of[rank_offsets[r] + j] = the position in flat_ids of its j-th tile
+    (row-major in the rectangle). The rectangles are gathered in depth order once, chunk by chunk in branch-free
+    loops (whose cache misses the CPU overlaps, unlike those of the branchy binning loops).
     """
     n_total = tile_offsets.shape[0] - 1
     n = order.shape[0]
     part_counts = np.zeros((n_parts, n_total), dtype=np.int64)
     for p in prange(n_parts):
-        buf = np.empty((_BIN_CHUNK, 5), dtype=np.int64)
         for r0 in range(p * n // n_parts, (p + 1) * n // n_parts, _BIN_CHUNK):
             r1 = min(r0 + _BIN_CHUNK, (p + 1) * n // n_parts)
-            _gather_rects(order, r0, r1, rects, P, n_tiles, buf)
-            for j in range(r1 - r0):
-                rank[order[r0 + j]] = r0 + j
-                for ty in range(buf[j, 3], buf[j, 4] + 1):
-                    for tx in range(buf[j, 1], buf[j, 2] + 1):
-                        part_counts[p, buf[j, 0] + ty * tiles_x + tx] += 1
+            for r in range(r0, r1):
+                cg = order[r]
+                rank[cg] = r
+                for f in range(4):
+                    rank_rects[r, f] = rects[cg, f]
+            for r in range(r0, r1):
+                base = (order[r] // P) * n_tiles
+                for ty in range(rank_rects[r, 2], rank_rects[r, 3] + 1):
+                    for tx in range(rank_rects[r, 0], rank_rects[r, 1] + 1):
+                        part_counts[p, base + ty * tiles_x + tx] += 1
+    run = 0
+    for r in range(n):
+        rank_offsets[r] = run
+        run += (rank_rects[r, 1] - rank_rects[r, 0] + 1) * (rank_rects[r, 3] - rank_rects[r, 2] + 1)
+    rank_offsets[n] = run
     # exclusive prefix sum over (tile, part): part p of tile t starts after all parts of earlier tiles
     run = 0
     for t in range(n_total):
@@ -380,29 +382,30 @@ def bin_tiles(order, rects, P, tiles_x, n_tiles, n_parts, tile_offsets, flat_ids
             run += cnt
     tile_offsets[n_total] = run
     for p in prange(n_parts):
-        buf = np.empty((_BIN_CHUNK, 5), dtype=np.int64)
-        for r0 in range(p * n // n_parts, (p + 1) * n // n_parts, _BIN_CHUNK):
-            r1 = min(r0 + _BIN_CHUNK, (p + 1) * n // n_parts)
-            _gather_rects(order, r0, r1, rects, P, n_tiles, buf)
-            for j in range(r1 - r0):
-                cg = order[r0 + j]
-                for ty in range(buf[j, 3], buf[j, 4] + 1):
-                    for tx in range(buf[j, 1], buf[j, 2] + 1):
-                        t = buf[j, 0] + ty * tiles_x + tx
-                        pos = part_counts[p, t]
-                        part_counts[p, t] = pos + 1
-                        flat_ids[pos] = cg
+        for r in range(p * n // n_parts, (p + 1) * n // n_parts):
+            cg = order[r]
+            base = (cg // P) * n_tiles
+            j = rank_offsets[r]
+            for ty in range(rank_rects[r, 2], rank_rects[r, 3] + 1):
+                for tx in range(rank_rects[r, 0], rank_rects[r, 1] + 1):
+                    t = base + ty * tiles_x + tx
+                    pos = part_counts[p, t]
+                    part_counts[p, t] = pos + 1
+                    flat_ids[pos] = cg
+                    isect_of[j] = pos
+                    j += 1
 
 
 # ------------------------------------------------------------------------------------------------ rasterisation
 # One tile per task (dynamic schedule), Gaussians outer, pixels inner, in float32. A tile's pixels are stored
 # row by row with a row stride of a power of two >= 16 (padding lanes are masked), so that the pixels of the
 # rows a Gaussian covers form one contiguous run: the innermost loop walks that run with no data-dependent
-# branches and LLVM vectorises it to 16 float32 lanes (one AVX-512 register). The tile's per-pixel state lives
-# in one 2D array whose field stride is a compile-time constant, which tells LLVM the fields cannot overlap
-# (separate arrays cost ~150 instructions of runtime alias checks before every Gaussian). Gaussians are copied
-# CHUNK at a time into a small SoA buffer first: independent loads that the CPU overlaps, instead of one cache
-# miss per Gaussian in the middle of dependent work.
+# branches and LLVM vectorises it to 16 float32 lanes (one AVX-512 register, two AVX2 ones). The rows are those
+# of the Gaussian's pixel box where its alpha >= 1/255 ellipse can be (``_strip_rows``). The tile's per-pixel
+# state lives in one 2D array whose field stride is a compile-time constant, which tells LLVM the fields cannot
+# overlap (separate arrays cost ~150 instructions of runtime alias checks before every Gaussian). Everything a
+# tile reads about a Gaussian is one 64-byte record (``pack_records``), copied CHUNK records at a time into a
+# local buffer by a branch-free loop whose cache misses the CPU overlaps.
 MAX_TILE = 64  # largest tile side the state layout holds
 STATE_STRIDE = MAX_TILE * MAX_TILE + 80  # +80 floats: staggers the fields over L1 cache sets
 CHUNK = 64
@@ -466,13 +469,11 @@ def _strip_bound(a, b, c, thr, ymax, xa, xb, sign):
 
 
 @njit(inline="always", **_JIT1)
-def _strip_rows(a, b, c, thr, xa, xb):
-    """[lo, hi] of dy over that ellipse within the strip (lo > hi when they do not meet): the bound of a
-    Gaussian's rows in one tile, where alpha can reach 1/255."""
-    det = a * c - b * b
-    if not (det > 0.0 and a > 0.0 and c > 0.0 and thr > 0.0):
+def _strip_rows(a, b, c, thr, ymax, xa, xb):
+    """[lo, hi] of dy over that ellipse (its dy half-extent ymax) within the strip (lo > hi when they do not
+    meet): the bound of a Gaussian's rows in one tile, where alpha can reach 1/255."""
+    if not (ymax > 0.0 and c > 0.0):
         return 1.0, 0.0
-    ymax = math.sqrt(2.0 * thr * a / det)
     lo = _strip_bound(a, b, c, thr, ymax, xa, xb, -1.0)
     hi = _strip_bound(a, b, c, thr, ymax, xa, xb, 1.0)
     if np.isnan(lo) or np.isnan(hi):
@@ -480,27 +481,68 @@ def _strip_rows(a, b, c, thr, xa, xb):
     return lo, hi
 
 
+REC = 16  # float32 slots of a pair's raster record: one 64-byte cache line
+_R_MEAN, _R_CONIC, _R_OPAC, _R_FEAT, _R_THR, _R_YMAX, _R_BOX = 0, 2, 5, 6, 10, 11, 12
+
+
+@njit(**_JIT)
+def pack_records(means2d, conics, opacities, features, radii, width, height, records):
+    """records[cg] (C * P, REC) float32: everything rasterisation reads about pair cg in one cache line (mean,
+    conic, opacity, 4 features, the alpha >= 1/255 power threshold log(255 o) + ROW_SLACK, the ellipse's dy
+    half-extent at that threshold, and the pixel box as int32), so that a tile's Gaussians cost one cache miss
+    each instead of five. Culled pairs (radii 0) get an empty box."""
+    C, P = radii.shape[0], radii.shape[1]
+    boxes = records.view(np.int32)
+    for i in prange(C * P):
+        c = i // P
+        g = i - c * P
+        mx, my = np.float64(means2d[c, g, 0]), np.float64(means2d[c, g, 1])
+        a, b, cc = np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2])
+        o = np.float64(opacities[c, g])
+        records[i, _R_MEAN] = mx
+        records[i, _R_MEAN + 1] = my
+        records[i, _R_CONIC] = a
+        records[i, _R_CONIC + 1] = b
+        records[i, _R_CONIC + 2] = cc
+        records[i, _R_OPAC] = o
+        for f in range(4):
+            records[i, _R_FEAT + f] = features[c, g, f]
+        thr = math.log(255.0 * o) + ROW_SLACK if o > 0.0 else -1.0
+        det = a * cc - b * b
+        records[i, _R_THR] = thr
+        records[i, _R_YMAX] = math.sqrt(2.0 * thr * a / det) if thr > 0.0 and det > 0.0 and a > 0.0 else 0.0
+        if radii[c, g, 0] == 0.0 and radii[c, g, 1] == 0.0:
+            x0, x1, y0, y1 = 0, -1, 0, -1
+        else:
+            x0, x1, y0, y1 = _box(mx, my, np.float64(radii[c, g, 0]), np.float64(radii[c, g, 1]), width, height)
+        boxes[i, _R_BOX] = x0
+        boxes[i, _R_BOX + 1] = x1
+        boxes[i, _R_BOX + 2] = y0
+        boxes[i, _R_BOX + 3] = y1
+
+
 @njit(inline="always", fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
-def _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size, tx0, tx1,
-            ty0, ty1, gp, gi, cg_offsets, rows):
+def _gather(flat_ids, k0, k1, records, tx0, tx1, ty0, ty1, buf, gp, gi):
     """Gaussians k0..k1 - 1 of a tile -> gp[:, j] float32 (dx, dy of the tile's first pixel centre, conic a / 2,
     b, c / 2, opacity, 4 features) and gi[:, j] int32 (first row and row count within the tile, first and last
-    column of the pixel box; the rows are those of the box where the alpha >= 1/255 ellipse can be); with ``rows`` (not None), rows[j] = the pair's gradient row cg_offsets[cg] + the
-    tile's index in the pair's tile rectangle (row-major)."""
+    column of the pixel box; the rows are those of the box where the alpha >= 1/255 ellipse can be).
+
+    The records are first copied into ``buf`` by a branch-free loop, whose independent cache misses the CPU
+    overlaps; the branchy part then reads the copies."""
+    for k in range(k0, k1):
+        cg = flat_ids[k]
+        for f in range(REC):
+            buf[k - k0, f] = records[cg, f]
+    boxes = buf.view(np.int32)
     for k in range(k0, k1):
         j = k - k0
-        cg = flat_ids[k]
-        c = cg // P
-        g = cg - c * P
-        mx, my = np.float64(means2d[c, g, 0]), np.float64(means2d[c, g, 1])
-        x0, x1, y0, y1 = _box(mx, my, np.float64(radii[c, g, 0]), np.float64(radii[c, g, 1]), width, height)
-        if rows is not None:
-            rows[j] = cg_offsets[cg] + ((ty0 // tile_size - y0 // tile_size) * (x1 // tile_size - x0 // tile_size + 1)
-                                        + tx0 // tile_size - x0 // tile_size)
+        mx, my = np.float64(buf[j, _R_MEAN]), np.float64(buf[j, _R_MEAN + 1])
+        x0, x1 = boxes[j, _R_BOX], boxes[j, _R_BOX + 1]
+        y0, y1 = boxes[j, _R_BOX + 2], boxes[j, _R_BOX + 3]
         x0, x1, y0, y1 = max(x0, tx0), min(x1, tx1), max(y0, ty0), min(y1, ty1)
-        ca, cb, cc, o = np.float64(conics[c, g, 0]), np.float64(conics[c, g, 1]), np.float64(conics[c, g, 2]), \
-            np.float64(opacities[c, g])
-        lo, hi = _strip_rows(ca, cb, cc, math.log(255.0 * o) + ROW_SLACK, x0 + 0.5 - mx, x1 + 0.5 - mx)
+        ca, cb, cc = np.float64(buf[j, _R_CONIC]), np.float64(buf[j, _R_CONIC + 1]), np.float64(buf[j, _R_CONIC + 2])
+        lo, hi = _strip_rows(ca, cb, cc, np.float64(buf[j, _R_THR]), np.float64(buf[j, _R_YMAX]),
+                             x0 + 0.5 - mx, x1 + 0.5 - mx)
         y0 = max(y0, int(math.ceil(my + lo - 0.5)))
         y1 = min(y1, int(math.floor(my + hi - 0.5)))
         gp[0, j] = tx0 + 0.5 - mx
@@ -508,11 +550,8 @@ def _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, wi
         gp[2, j] = 0.5 * ca
         gp[3, j] = cb
         gp[4, j] = 0.5 * cc
-        gp[5, j] = o
-        gp[6, j] = features[c, g, 0]
-        gp[7, j] = features[c, g, 1]
-        gp[8, j] = features[c, g, 2]
-        gp[9, j] = features[c, g, 3]
+        for f in range(5):
+            gp[5 + f, j] = buf[j, _R_OPAC + f]
         gi[0, j] = y0 - ty0
         gi[1, j] = y1 - y0 + 1 if x0 <= x1 and y0 <= y1 else 0
         gi[2, j] = x0 - tx0
@@ -521,21 +560,24 @@ def _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, wi
 
 # tile state fields (rows of the state array)
 _F_T, _F_COL, _F_ROW = 0, 1, 2  # transmittance, pixel column and row within the tile (float32)
-_F_ACC, _F_LAST = 3, 7  # forward: 4 accumulated features, index of the last contributor (int32 view)
-_F_VA, _F_V, _F_BH, _F_LASTB = 3, 4, 8, 12  # backward: v_alpha * final T, 4 output grads, 4 features behind
+# forward: 4 accumulated features, their weight sum (the pixel's alpha: 1 - T would lose the relative precision
+# of small alphas to the rounding of T near 1), index of the last contributor (int32 view)
+_F_ACC, _F_WSUM, _F_LAST = 3, 7, 8
+# backward: v_alpha * final T, the 4 output gradients, the features composited behind the current Gaussian dotted
+# with the output gradients (the only way the backward uses them: one field instead of four), last contributor
+_F_VA, _F_V, _F_BP, _F_LASTB = 3, 4, 8, 9
 
 
 @njit(**_RJIT)
-def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, width, height, tile_size,
-                  shift, out_feat, out_alpha, final_T, last_ids, work):
-    """Front-to-back compositing of ``features`` (C, P, 4) (RGB + depth) -> out_feat (C, H, W, 4), out_alpha,
+def rasterize_fwd(records, tile_offsets, flat_ids, width, height, tile_size, shift, out_feat, out_alpha, final_T,
+                  last_ids, work):
+    """Front-to-back compositing of the pairs' ``records`` (see ``pack_records``) -> out_feat (C, H, W, 4), out_alpha,
     final_T (C, H, W) float32, last_ids (C, H, W) int64 (flat index of the last contributor, -1 for none) and
     work (n_tiles_total, 2): pixel lanes evaluated and pixel-Gaussian pairs that contributed.
 
     A pixel's T is > 0 while it composites; terminated pixels and padding lanes hold -T, so one array carries
     both, and a tile stops at the first Gaussian after all its pixels terminated.
     """
-    P = radii.shape[1]
     tiles_x = (width + tile_size - 1) // tile_size
     n_tiles = tiles_x * ((height + tile_size - 1) // tile_size)
     stride = 1 << shift
@@ -543,7 +585,7 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
     for t in prange(tile_offsets.shape[0] - 1):
         c, tx0, tx1, ty0, ty1 = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
         npix = (ty1 - ty0 + 1) * stride
-        S = np.empty((8, STATE_STRIDE), dtype=np.float32)
+        S = np.empty((9, STATE_STRIDE), dtype=np.float32)
         L = S.view(np.int32)
         n_live = 0
         for i in range(npix):
@@ -552,9 +594,10 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
             n_live += 1 if live else 0
             S[_F_COL, i] = i & mask
             S[_F_ROW, i] = i >> shift
-            for f in range(4):
+            for f in range(5):
                 S[_F_ACC + f, i] = _ZERO
             L[_F_LAST, i] = -1
+        buf = np.empty((CHUNK, REC), dtype=np.float32)
         gp = np.empty((10, CHUNK), dtype=np.float32)
         gi = np.empty((4, CHUNK), dtype=np.int32)
         n_eval = 0
@@ -564,8 +607,7 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
             if n_live <= 0:
                 break
             k1 = min(k0 + CHUNK, end)
-            _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size,
-                    tx0, tx1, ty0, ty1, gp, gi, None, None)
+            _gather(flat_ids, k0, k1, records, tx0, tx1, ty0, ty1, buf, gp, gi)
             for k in range(k0, k1):
                 if n_live <= 0:
                     break
@@ -598,11 +640,12 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
                     S[_F_ACC + 1, i] += w * f1
                     S[_F_ACC + 2, i] += w * f2
                     S[_F_ACC + 3, i] += w * f3
+                    S[_F_WSUM, i] += w
                     S[_F_T, i] = t_next if use else (-t_i if stop else t_i)
                     L[_F_LAST, i] = kk if use else L[_F_LAST, i]
                     n_stop += _ONE if stop else _ZERO
                     n_use += _ONE if use else _ZERO
-                n_eval += n
+                n_eval += np.int64(n)
                 n_used += int(n_use)
                 n_live -= int(n_stop)
         work[t, 0] = n_eval
@@ -612,21 +655,21 @@ def rasterize_fwd(means2d, conics, opacities, radii, features, tile_offsets, fla
                 i = ((iy - ty0) << shift) + ix - tx0
                 for f in range(4):
                     out_feat[c, iy, ix, f] = S[_F_ACC + f, i]
-                out_alpha[c, iy, ix] = _ONE - abs(S[_F_T, i])
+                out_alpha[c, iy, ix] = S[_F_WSUM, i]
                 final_T[c, iy, ix] = abs(S[_F_T, i])
                 last_ids[c, iy, ix] = L[_F_LAST, i] + start if L[_F_LAST, i] >= 0 else -1
 
 
 @njit(**_RJIT)
-def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, flat_ids, cg_offsets, rank, width,
-                  height, tile_size, shift, final_T, last_ids, v_feat, v_alpha, grad_rows, tile_last):
+def rasterize_bwd(records, tile_offsets, flat_ids, rank, width, height, tile_size, shift, final_T, last_ids, v_feat,
+                  v_alpha, grad_rows, tile_last):
     """Back-to-front replay of each pixel's contributors (3DGS): T is recovered by dividing by (1 - alpha), the
-    features behind each Gaussian accumulate on the way. Each pair's per-lane gradient sums (vectorised
-    reductions) become its row of grad_rows (n_isect, N_GRAD + 4) for this tile (see ``_gather``); only the
-    tile's Gaussians up to its last contributor get rows, and tile_last[t] receives that contributor's ``rank``
-    (-1 if none), which tells ``reduce_grads`` which rows exist.
+    features behind each Gaussian accumulate on the way (as their dot product with the pixel's output gradient,
+    all the gradient needs of them). The per-lane gradient sums of intersection k (vectorised reductions) become
+    row k of grad_rows (n_isect, N_GRAD + 4), written sequentially within the tile; only the tile's Gaussians up
+    to its last contributor get rows, and tile_last[t] receives that contributor's ``rank`` (-1 if none), which
+    tells ``reduce_grads`` which rows exist.
     """
-    P = radii.shape[1]
     tiles_x = (width + tile_size - 1) // tile_size
     n_tiles = tiles_x * ((height + tile_size - 1) // tile_size)
     stride = 1 << shift
@@ -638,10 +681,10 @@ def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, fla
             continue
         c, tx0, tx1, ty0, ty1 = _tile_geometry(t, n_tiles, tiles_x, tile_size, width, height)
         npix = (ty1 - ty0 + 1) * stride
-        S = np.empty((13, STATE_STRIDE), dtype=np.float32)
+        S = np.empty((10, STATE_STRIDE), dtype=np.float32)
         L = S.view(np.int32)
         for i in range(npix):  # padding lanes: finite zeros (they are masked, but 0 * NaN would not be)
-            for f in range(12):
+            for f in range(9):
                 S[f, i] = _ZERO
             S[_F_COL, i] = i & mask
             S[_F_ROW, i] = i >> shift
@@ -660,14 +703,13 @@ def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, fla
         if kmax < 0:
             continue
         tile_last[t] = rank[flat_ids[kmax]]
+        buf = np.empty((CHUNK, REC), dtype=np.float32)
         gp = np.empty((10, CHUNK), dtype=np.float32)
         gi = np.empty((4, CHUNK), dtype=np.int32)
-        rows = np.empty(CHUNK, dtype=np.int64)
         for ch in range((kmax - start) // CHUNK, -1, -1):
             k0 = start + ch * CHUNK
             k1 = min(k0 + CHUNK, kmax + 1)
-            _gather(flat_ids, k0, k1, P, means2d, conics, opacities, features, radii, width, height, tile_size,
-                    tx0, tx1, ty0, ty1, gp, gi, cg_offsets, rows)
+            _gather(flat_ids, k0, k1, records, tx0, tx1, ty0, ty1, buf, gp, gi)
             for k in range(k1 - 1, k0 - 1, -1):
                 j = k - k0
                 dx0, dy0, ha, b, hc, o = gp[0, j], gp[1, j], gp[2, j], gp[3, j], gp[4, j], gp[5, j]
@@ -691,18 +733,15 @@ def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, fla
                     t_i = S[_F_T, i] * inv
                     w = alpha * t_i if act else _ZERO
                     p0, p1, p2, p3 = S[_F_V, i], S[_F_V + 1, i], S[_F_V + 2, i], S[_F_V + 3, i]
-                    b0, b1, b2, b3 = S[_F_BH, i], S[_F_BH + 1, i], S[_F_BH + 2, i], S[_F_BH + 3, i]
+                    fp = f0 * p0 + f1 * p1 + f2 * p2 + f3 * p3
+                    bp = S[_F_BP, i]
                     # d loss / d alpha: own colour in front of what is behind, and the pixel's alpha
-                    v_al = (t_i * (f0 * p0 + f1 * p1 + f2 * p2 + f3 * p3)
-                            - inv * (b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3) + S[_F_VA, i] * inv)
+                    v_al = t_i * fp + inv * (S[_F_VA, i] - bp)
                     s6 += w * p0
                     s7 += w * p1
                     s8 += w * p2
                     s9 += w * p3
-                    S[_F_BH, i] = b0 + f0 * w
-                    S[_F_BH + 1, i] = b1 + f1 * w
-                    S[_F_BH + 2, i] = b2 + f2 * w
-                    S[_F_BH + 3, i] = b3 + f3 * w
+                    S[_F_BP, i] = bp + fp * w
                     S[_F_T, i] = t_i if act else S[_F_T, i]
                     grad = act & (raw <= _A_MAX)  # the clamp at 0.99 has zero gradient
                     vp = -raw * v_al if grad else _ZERO  # d loss / d power
@@ -713,39 +752,46 @@ def rasterize_bwd(means2d, conics, opacities, radii, features, tile_offsets, fla
                     s3 += vp * dx * dy
                     s4 += vp * dy * dy
                 # power = a/2 dx^2 + b dx dy + c/2 dy^2 with dx = pixel - mean
-                row = rows[j]
-                grad_rows[row, 0] = -(2 * ha * s0 + b * s1)
-                grad_rows[row, 1] = -(b * s0 + 2 * hc * s1)
-                grad_rows[row, 2] = _HALF * s2
-                grad_rows[row, 3] = s3
-                grad_rows[row, 4] = _HALF * s4
-                grad_rows[row, 5] = s5
-                grad_rows[row, 6] = s6
-                grad_rows[row, 7] = s7
-                grad_rows[row, 8] = s8
-                grad_rows[row, 9] = s9
+                grad_rows[k, 0] = -(2 * ha * s0 + b * s1)
+                grad_rows[k, 1] = -(b * s0 + 2 * hc * s1)
+                grad_rows[k, 2] = _HALF * s2
+                grad_rows[k, 3] = s3
+                grad_rows[k, 4] = _HALF * s4
+                grad_rows[k, 5] = s5
+                grad_rows[k, 6] = s6
+                grad_rows[k, 7] = s7
+                grad_rows[k, 8] = s8
+                grad_rows[k, 9] = s9
 
 
 @njit(**_JIT)
-def reduce_grads(grad_rows, tile_last, rank, cg_offsets, rects, P, tiles_x, n_tiles, out):
-    """out[cg] = sum of cg's gradient rows over the tiles whose backward reached it (rank[cg] <= tile_last[t]),
-    in the fixed order of cg's tile rectangle: deterministic and independent of the thread count. Rows are read
-    in increasing address order, and only those that were written."""
+def reduce_grads(grad_rows, tile_last, order, rank_rects, rank_offsets, isect_of, P, tiles_x, n_tiles, by_rank):
+    """by_rank[r] = sum of the gradient rows of pair order[r] over the tiles whose backward reached it
+    (r <= tile_last[t]), in the fixed order of its tile rectangle: deterministic and independent of the thread
+    count. Only rows that were written are read; the loop walks everything else sequentially."""
     n_cols = grad_rows.shape[1]
-    for cg in prange(out.shape[0]):
+    for r in prange(order.shape[0]):
         for col in range(n_cols):
-            out[cg, col] = 0.0
-        k = cg_offsets[cg]
-        if k == cg_offsets[cg + 1]:
-            continue
-        r = rank[cg]
-        base = (cg // P) * n_tiles
-        for ty in range(rects[cg, 2], rects[cg, 3] + 1):
-            for tx in range(rects[cg, 0], rects[cg, 1] + 1):
+            by_rank[r, col] = 0.0
+        base = (order[r] // P) * n_tiles
+        j = rank_offsets[r]
+        for ty in range(rank_rects[r, 2], rank_rects[r, 3] + 1):
+            for tx in range(rank_rects[r, 0], rank_rects[r, 1] + 1):
                 if r <= tile_last[base + ty * tiles_x + tx]:
+                    k = isect_of[j]
                     for col in range(n_cols):
-                        out[cg, col] += grad_rows[k, col]
-                k += 1
+                        by_rank[r, col] += grad_rows[k, col]
+                j += 1
+
+
+@njit(**_JIT)
+def unrank(by_rank, rank, out):
+    """out[cg] = by_rank[rank[cg]], 0 where rank[cg] < 0 (pairs no tile saw)."""
+    n_cols = out.shape[1]
+    for cg in prange(out.shape[0]):
+        r = rank[cg]
+        for col in range(n_cols):
+            out[cg, col] = by_rank[r, col] if r >= 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ shading
@@ -807,11 +853,24 @@ def shade_fwd(means, centers, sh_dc, sh_rest, n_coeffs, radii, colors):
             continue
         x, y, z, _ = _direction(means, centers, g, c)
         basis = _sh_basis(x, y, z)
-        for ch in range(3):
-            v = basis[0] * sh_dc[g, 0, ch]
-            for k in range(1, n_coeffs):
-                v += basis[k] * sh_rest[g, k - 1, ch]
-            colors[c, g, ch] = max(v + 0.5, 0.0)
+        v0, v1, v2 = _sh_values(basis, sh_dc, sh_rest, g, n_coeffs)
+        colors[c, g, 0] = max(v0 + 0.5, 0.0)
+        colors[c, g, 1] = max(v1 + 0.5, 0.0)
+        colors[c, g, 2] = max(v2 + 0.5, 0.0)
+
+
+@njit(inline="always", **_JIT1)
+def _sh_values(basis, sh_dc, sh_rest, g, n_coeffs):
+    """The three channels' sum_k sh_k Y_k, coefficient-major (the memory order of sh_rest (P, K - 1, 3))."""
+    v0 = basis[0] * sh_dc[g, 0, 0]
+    v1 = basis[0] * sh_dc[g, 0, 1]
+    v2 = basis[0] * sh_dc[g, 0, 2]
+    for k in range(1, n_coeffs):
+        bk = basis[k]
+        v0 += bk * sh_rest[g, k - 1, 0]
+        v1 += bk * sh_rest[g, k - 1, 1]
+        v2 += bk * sh_rest[g, k - 1, 2]
+    return v0, v1, v2
 
 
 @njit(**_JIT)
@@ -822,7 +881,8 @@ def shade_bwd(means, centers, sh_dc, sh_rest, n_coeffs, radii, v_colors, g_means
     for g in prange(P):
         for ch in range(3):
             g_dc[g, 0, ch] = 0.0
-            for k in range(g_rest.shape[1]):
+        for k in range(g_rest.shape[1]):
+            for ch in range(3):
                 g_rest[g, k, ch] = 0.0
         gm0 = gm1 = gm2 = 0.0
         for c in range(C):
@@ -830,22 +890,27 @@ def shade_bwd(means, centers, sh_dc, sh_rest, n_coeffs, radii, v_colors, g_means
                 continue
             x, y, z, n = _direction(means, centers, g, c)
             basis = _sh_basis(x, y, z)
+            v0, v1, v2 = _sh_values(basis, sh_dc, sh_rest, g, n_coeffs)
+            # the clamp at 0 passes no gradient below it
+            vc0 = 0.0 if v0 + 0.5 < 0.0 else np.float64(v_colors[c, g, 0])
+            vc1 = 0.0 if v1 + 0.5 < 0.0 else np.float64(v_colors[c, g, 1])
+            vc2 = 0.0 if v2 + 0.5 < 0.0 else np.float64(v_colors[c, g, 2])
+            g_dc[g, 0, 0] += vc0 * basis[0]
+            g_dc[g, 0, 1] += vc1 * basis[0]
+            g_dc[g, 0, 2] += vc2 * basis[0]
+            if n_coeffs == 1:
+                continue  # the constant term does not depend on the direction
             dx, dy, dz = _sh_basis_grad(x, y, z)
             vdx = vdy = vdz = 0.0
-            for ch in range(3):
-                v = basis[0] * sh_dc[g, 0, ch]
-                for k in range(1, n_coeffs):
-                    v += basis[k] * sh_rest[g, k - 1, ch]
-                if v + 0.5 < 0.0:
-                    continue
-                vc = np.float64(v_colors[c, g, ch])
-                g_dc[g, 0, ch] += vc * basis[0]
-                for k in range(1, n_coeffs):
-                    g_rest[g, k - 1, ch] += vc * basis[k]
-                    s = vc * sh_rest[g, k - 1, ch]
-                    vdx += s * dx[k]
-                    vdy += s * dy[k]
-                    vdz += s * dz[k]
+            for k in range(1, n_coeffs):
+                bk = basis[k]
+                g_rest[g, k - 1, 0] += vc0 * bk
+                g_rest[g, k - 1, 1] += vc1 * bk
+                g_rest[g, k - 1, 2] += vc2 * bk
+                s = vc0 * sh_rest[g, k - 1, 0] + vc1 * sh_rest[g, k - 1, 1] + vc2 * sh_rest[g, k - 1, 2]
+                vdx += s * dx[k]
+                vdy += s * dy[k]
+                vdz += s * dz[k]
             dot = x * vdx + y * vdy + z * vdz
             gm0 += (vdx - x * dot) / n
             gm1 += (vdy - y * dot) / n

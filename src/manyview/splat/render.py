@@ -2,7 +2,8 @@
 
 Backends:
 - ``"reference"``: float64 PyTorch, dense, autograd (``_reference.py``); exact semantics, slow.
-- ``"cpu"``: numba kernels with their own backward (``_cpu.py``), float32 storage and float64 accumulation.
+- ``"cpu"``: numba kernels with their own backward (``_cpu.py``), float32 storage; float64 projection and
+  shading, float32 rasterisation.
 - ``"gsplat"``: gsplat's CUDA rasteriser (``_gsplat.py``), when installed and the tensors are on a GPU.
 - ``"auto"``: gsplat on CUDA when available, else the reference on CUDA or for float64 input, else cpu.
 """

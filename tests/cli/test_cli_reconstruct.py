@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -202,3 +203,17 @@ def test_sample_scene_is_reconstructed_and_scored_against_its_ground_truth(fast3
     assert summary["views"] == 6 and summary["ground_truth"]["RRA@15"] == summary["ground_truth"]["mAA@30"] == 100
     code, err = _run(capsys, "reconstruct", tmp_path, "--sample", "--weights", fast3r_dir, "--out", tmp_path / "t")
     assert code == 2 and "not both" in err and not (tmp_path / "t").exists()
+
+
+def test_the_shipped_bundled_model_reconstructs_the_sample(tmp_path, capsys):
+    """README command one: the weights in the package load in the released layout and score the embedded sample."""
+    bundled = cli_reconstruct.bundled_model_dir()
+    weights = bundled / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size <= 25 * 2**20
+    assert (bundled / "training_log.csv").is_file() and (bundled / "RECIPE.md").is_file()
+    code, err = _run(capsys, "reconstruct", "--sample", "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["weights"] == "bundled:fast3r_bundled" and summary["views"] == 6
+    assert (tmp_path / "out" / "points.ply").stat().st_size > 0
+    assert all(math.isfinite(summary["ground_truth"][k]) for k in ("RRA@15", "RTA@15", "mAA@30"))

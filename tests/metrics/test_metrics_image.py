@@ -162,3 +162,19 @@ def test_lpips_rejects_bad_weight_files(tmp_path):
     with pytest.raises(ManyviewError, match="evil.pth"):
         lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), weights=tmp_path / "evil.pth")
     assert not lpips_available(weights=tmp_path / "missing")
+
+
+def test_matrix_blur_equals_the_convolution_reference_with_gradients():
+    """SSIM's banded-matrix blur (the fast path used in splat training) against two conv2d passes."""
+    from manyview.metrics.image import _gaussian_kernel, gaussian_blur_valid, gaussian_blur_valid_reference
+
+    k = _gaussian_kernel(1.5, 3.5, torch.float64, "cpu")
+    g = torch.Generator().manual_seed(3)
+    for shape in [(11, 11), (2, 5, 20, 31), (3, 64, 17)]:
+        x = torch.rand(shape, generator=g, dtype=torch.float64, requires_grad=True)
+        weights = torch.rand(gaussian_blur_valid_reference(x, k).shape, generator=g, dtype=torch.float64)
+        fast, ref = gaussian_blur_valid(x, k), gaussian_blur_valid_reference(x, k)
+        assert fast.shape == ref.shape and torch.allclose(fast, ref, atol=1e-12)
+        (grad_fast,) = torch.autograd.grad((fast * weights).sum(), x)
+        (grad_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+        assert torch.allclose(grad_fast, grad_ref, atol=1e-12)

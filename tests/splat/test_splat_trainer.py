@@ -106,6 +106,27 @@ def test_non_finite_loss_skips_the_step(scene, tmp_path):
         assert torch.equal(trainer.params[name], value)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_one_non_finite_gradient_element_skips_the_step(scene, tmp_path, bad):
+    views, points = scene
+    trainer = SplatTrainer(views, tmp_path, _small_config(), points=points)
+    before = {n: p.detach().clone() for n, p in trainer.params.items()}
+
+    def poison(grad):  # one element of one parameter's gradient
+        grad = grad.clone()
+        grad.view(-1)[7] = bad
+        return grad
+
+    trainer.params["log_scales"].register_hook(poison)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = trainer.train_step()
+    assert info["skipped"] and trainer.skipped == [1]
+    assert any("non-finite gradients" in str(w.message) for w in caught)
+    for name, value in before.items():
+        assert torch.equal(trainer.params[name], value)
+
+
 def test_bad_input_is_refused(scene, tmp_path):
     views, points = scene
     wrong = Views(images=views.images, names=views.names)

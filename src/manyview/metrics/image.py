@@ -54,6 +54,32 @@ def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> Tensor:
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
+def _band_matrix(n: int, k: Tensor) -> Tensor:
+    """(n - len(k) + 1, n) matrix whose rows are ``k`` shifted by one: ``band @ v`` is the valid 1-D correlation."""
+    rows = n - k.numel() + 1
+    band = torch.zeros(rows, n, dtype=k.dtype, device=k.device)
+    cols = torch.arange(rows, device=k.device)[:, None] + torch.arange(k.numel(), device=k.device)
+    return band.scatter_(1, cols, k.expand(rows, -1))
+
+
+def gaussian_blur_valid(images: Tensor, k: Tensor) -> Tensor:
+    """Separable blur of (..., H, W) with the 1-D kernel ``k``, valid region only: (..., H - K + 1, W - K + 1).
+
+    Two matrix products with banded matrices. On a CPU this is several times faster than ``conv2d`` with a
+    single-channel kernel, forward and especially backward, which matters because SSIM is in the splat training
+    loss. :func:`gaussian_blur_valid_reference` is the convolution it must equal."""
+    h, w = images.shape[-2:]
+    return _band_matrix(h, k) @ images @ _band_matrix(w, k).transpose(0, 1)
+
+
+def gaussian_blur_valid_reference(images: Tensor, k: Tensor) -> Tensor:
+    """The same blur as two ``conv2d`` passes (the reference :func:`gaussian_blur_valid` is tested against)."""
+    h, w = images.shape[-2:]
+    x = images.reshape(-1, 1, h, w)
+    out = F.conv2d(F.conv2d(x, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
+    return out.reshape(images.shape[:-2] + out.shape[-2:])
+
+
 def ssim(pred: Tensor, gt: Tensor, data_range: float = 1.0, sigma: float = 1.5, K1: float = 0.01,
          K2: float = 0.03, sample_covariance: bool = False) -> Tensor:
     """Mean structural similarity per image (...), as scikit-image computes it (see module docstring).
@@ -66,11 +92,7 @@ def ssim(pred: Tensor, gt: Tensor, data_range: float = 1.0, sigma: float = 1.5, 
     if min(h, w) < k.numel():
         raise ManyviewError(f"SSIM needs images of at least {k.numel()}x{k.numel()} pixels, got {h}x{w}")
     x, y = pred.reshape(-1, 1, h, w), gt.reshape(-1, 1, h, w)
-
-    def blur(img: Tensor) -> Tensor:  # separable Gaussian, valid region only
-        return F.conv2d(F.conv2d(img, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
-
-    stack = blur(torch.cat([x, y, x * x, y * y, x * y], dim=1).view(-1, 1, h, w)).view(x.shape[0], 5, -1)
+    stack = gaussian_blur_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), k).reshape(x.shape[0], 5, -1)
     ux, uy, uxx, uyy, uxy = stack.unbind(1)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     if sample_covariance:

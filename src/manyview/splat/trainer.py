@@ -78,6 +78,13 @@ class SplatTrainConfig:
         return extent * math.exp((1 - t) * math.log(self.lr_means) + t * math.log(self.lr_means_final))
 
 
+def _all_finite(tensors: list[Tensor | None]) -> bool:
+    """Whether every element is finite, in one pass: a NaN or an infinity makes its tensor's float64 sum
+    non-finite, and float32 values cannot overflow a float64 sum."""
+    sums = [t.sum(dtype=torch.float64) for t in tensors if t is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
+
+
 def scene_extent(views: Views) -> float:
     """3DGS's ``cameras_extent``: 1.1 x the largest distance of a camera centre from their mean."""
     centers = views.cameras.centers.double()
@@ -148,7 +155,9 @@ class SplatTrainer:
         lrs = {"means": config.lr_means_at(0, self.extent), "log_scales": config.lr_scaling,
                "quats": config.lr_rotation, "opacity_logits": config.lr_opacity, "sh_dc": config.lr_sh_dc,
                "sh_rest": config.lr_sh_rest}
-        self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15) for n in PARAMETER_NAMES}
+        # fused Adam: the same update as the default loop in one kernel per tensor (7x faster on a CPU here)
+        self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15, fused=True)
+                           for n in PARAMETER_NAMES}
         self.strategy = config.densify
         self.strategy_state = self.strategy.initialize_state(len(g))
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -201,8 +210,7 @@ class SplatTrainer:
         if not torch.isfinite(loss):
             return self._skip(step, "loss")
         loss.backward()
-        if not all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params.values()) \
-                or not torch.isfinite(out.means2d.grad).all():
+        if not _all_finite([p.grad for p in self.params.values()] + [out.means2d.grad]):
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             return self._skip(step, "gradients")

@@ -166,7 +166,11 @@ def test_lpips_rejects_bad_weight_files(tmp_path):
 
 def test_matrix_blur_equals_the_convolution_reference_with_gradients():
     """SSIM's banded-matrix blur (the fast path used in splat training) against two conv2d passes."""
-    from manyview.metrics.image import _gaussian_kernel, gaussian_blur_valid, gaussian_blur_valid_reference
+    from manyview.metrics.image import (
+        _gaussian_kernel,
+        gaussian_blur_valid,
+        gaussian_blur_valid_reference,
+    )
 
     k = _gaussian_kernel(1.5, 3.5, torch.float64, "cpu")
     g = torch.Generator().manual_seed(3)

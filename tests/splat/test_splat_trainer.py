@@ -10,7 +10,12 @@ import torch
 from manyview.errors import ManyviewError
 from manyview.scene import PointCloud, Views
 from manyview.splat import DensifyStrategy, read_ply
-from manyview.splat.trainer import SplatTrainConfig, SplatTrainer, scene_extent, split_views
+from manyview.splat.trainer import (
+    SplatTrainConfig,
+    SplatTrainer,
+    scene_extent,
+    split_views,
+)
 from manyview.synth import generate
 
 

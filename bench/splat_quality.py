@@ -1,6 +1,6 @@
 """Held-out quality of ``manyview splat`` training on two scenes, with wall time (CPU backend unless CUDA+gsplat).
 
-(a) synthetic: ``manyview.synth`` object scene, 256x256, 34 views (every 8th held out -> 29 train / 5 test),
+(a) synthetic: ``manyview.synth`` object scene, 256x256, 35 views (every 8th held out -> 30 train / 5 test),
     initialised from the fused ground-truth depth points; goal: held-out PSNR >= 32 dB.
 (b) family: /work/shared/data/real/family (29 photos, 854x480), poses and points from manyview's own
     ``run_colmap_sfm`` (cached in OUT/family_dataset), trained at <= 480 px wide; goal: held-out PSNR >= 24 dB.
@@ -72,7 +72,8 @@ def train(name: str, dataset: Path, out: Path, args) -> dict:
 
     views, points = load_training_data(dataset, args.max_width)
     config = SplatTrainConfig(iterations=args.iterations, eval_every=args.eval_every,
-                              checkpoint_every=args.checkpoint_every, max_init_points=args.max_init_points)
+                              checkpoint_every=args.checkpoint_every, max_init_points=args.max_init_points,
+                              scale_schedule=True)  # as `manyview splat` does
     trainer = SplatTrainer(views, out / f"{name}_run", config, points=points)
     initial = trainer.evaluate(with_lpips=False)["psnr"]
     n0 = len(trainer.params["means"])
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--max-init-points", type=int, default=100_000)
     parser.add_argument("--max-width", type=int, default=480)
     parser.add_argument("--synthetic-size", type=int, default=256)
-    parser.add_argument("--synthetic-views", type=int, default=34)
+    parser.add_argument("--synthetic-views", type=int, default=35)
     parser.add_argument("--resume", action="store_true", help="continue each run from its last checkpoint")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

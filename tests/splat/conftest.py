@@ -15,7 +15,7 @@ def make_scene(n: int = 48, seed: int = 0, degree: int = 2, dtype=torch.float64)
     """Random Gaussians around the origin, including the cases a rasteriser gets wrong: a huge one covering
     the whole image, sub-pixel ones, one behind the cameras, some beside the image border, some opaque."""
     gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)
     n_all, n = max(n, 14), n  # the special cases need 14; smaller scenes are a prefix
     means = (r(n_all, 3) - 0.5) * torch.tensor([3.0, 2.0, 3.0], dtype=torch.float64)
     log_scales = torch.log(0.04 + 0.3 * r(n_all, 3))

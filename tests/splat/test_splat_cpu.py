@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from manyview.errors import ManyviewError
-from manyview.splat import Gaussians, render
-from manyview.splat import _cpu, _cpu_kernels
+from manyview.splat import Gaussians, _cpu, _cpu_kernels, render
 
 PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 

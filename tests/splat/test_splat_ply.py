@@ -14,7 +14,7 @@ from manyview.splat.ply import property_names
 
 def _random(n: int, degree: int, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen)
     return Gaussians(r(n, 3), r(n, 3), r(n, 4), r(n), r(n, 1, 3), r(n, (degree + 1) ** 2 - 1, 3))
 
 

@@ -107,6 +107,34 @@ def test_opacity_reset_and_large_gaussians_pruned_after_it():
     assert (params["log_scales"].exp().amax(-1) <= 0.1).all()
 
 
+def test_no_opacity_reset_once_densification_has_stopped():
+    """3DGS / gsplat reset opacities only while densifying; a reset near the end of a run cannot be recovered."""
+    params, opts = _params(_four())
+    _prime(params, opts)
+    strat = DensifyStrategy(refine_start_iter=10_000, refine_stop_iter=300, reset_every=100)
+    state = strat.initialize_state(4)
+    before = params["opacity_logits"].detach().clone()
+    for step in (300, 400, 27_000):
+        report = strat.step_post_backward(params, opts, state, step=step,
+                                          out=_out(torch.zeros(1, 4, 2), torch.ones(1, 4, dtype=torch.bool)))
+        assert report["reset"] == 0, step
+    assert torch.equal(params["opacity_logits"], before)
+    report = strat.step_post_backward(params, opts, state, step=200,
+                                      out=_out(torch.zeros(1, 4, 2), torch.ones(1, 4, dtype=torch.bool)))
+    assert report["reset"] == 1
+
+
+def test_short_runs_stretch_the_schedule_like_gsplat_steps_scaler():
+    from manyview.splat.trainer import SplatTrainConfig
+
+    default = DensifyStrategy()
+    short = SplatTrainConfig(iterations=7000, scale_schedule=True).strategy()
+    assert (short.refine_start_iter, short.refine_stop_iter, short.reset_every) == (116, 3500, 700)
+    assert short.refine_every == default.refine_every and short.grow_grad2d == default.grow_grad2d
+    assert SplatTrainConfig(iterations=7000).strategy() == default  # off: as given
+    assert SplatTrainConfig(iterations=30_000, scale_schedule=True).strategy() == default
+
+
 def test_requires_the_projected_mean_gradient():
     strat = DensifyStrategy()
     out = _out(torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))

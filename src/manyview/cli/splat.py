@@ -34,6 +34,9 @@ class Splat:
     eval_every: int = 0
     """Held-out PSNR every N steps into eval.json's history (0: only at the end)."""
     checkpoint_every: int = 1000
+    scale_schedule: bool = True
+    """Shorter runs than 30k steps densify over the same fraction of their length (refine from 500 x k to
+    15000 x k steps, opacity reset every 3000 x k, k = iterations / 30000), as gsplat's steps_scaler."""
     random_background: bool = False
     random_init_points: int = 10_000
     """Random Gaussians in the cameras' bounding box when the dataset has no points."""
@@ -45,6 +48,7 @@ class Splat:
         views, points = load_training_data(self.dataset, self.max_width)
         config = SplatTrainConfig(iterations=self.iterations, sh_degree=self.sh_degree, eval_every=self.eval_every,
                                   checkpoint_every=self.checkpoint_every, random_background=self.random_background,
+                                  scale_schedule=self.scale_schedule,
                                   random_init_points=self.random_init_points, seed=self.seed)
         trainer = SplatTrainer(views, self.out, config, points=points)
         init = "random" if points is None else f"{len(points.xyz)} dataset points"

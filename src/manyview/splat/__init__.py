@@ -1,7 +1,7 @@
 """Gaussian splatting: Gaussians, the 3DGS PLY format, initialisation from points, one ``render()``, and
 3DGS densification."""
 
-from manyview.splat.gaussians import GaussianStore, Gaussians
+from manyview.splat.gaussians import Gaussians, GaussianStore
 from manyview.splat.init import from_points, random_in_box
 from manyview.splat.ply import read_ply, write_ply
 from manyview.splat.render import render

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numba
 import numpy as np
@@ -91,7 +91,7 @@ class _Project(torch.autograd.Function):
         means, quats, scales, opacities, viewmats, intrinsics, radii = ctx.saved_tensors
         width, height, near, far, antialiased = ctx.args
         C, P = radii.shape[:2]
-        zeros = lambda t, *s: torch.zeros(*s) if t is None else t  # noqa: E731
+        zeros = lambda t, *s: torch.zeros(*s) if t is None else t
         v_means2d, v_conics = zeros(v_means2d, C, P, 2), zeros(v_conics, C, P, 3)
         v_depths, v_opac = zeros(v_depths, C, P), zeros(v_opac, C, P)
         g_means, g_quats = _empty(P, 3), _empty(P, 4)
@@ -108,7 +108,7 @@ def project(g: GaussianStore, cameras: Cameras, mode: str = "classic", near: flo
             far: float = 1e10) -> Projected:
     """Gaussians (P) x cameras (C,) -> :class:`Projected` (float32, CPU)."""
     height, width = (int(v) for v in cameras.image_size[0])
-    f32 = lambda t: t.to(torch.float32)  # noqa: E731
+    f32 = lambda t: t.to(torch.float32)
     means2d, conics, depths, opac, radii = _Project.apply(
         f32(g.means), f32(g.quats), f32(g.log_scales).exp(), torch.sigmoid(f32(g.opacity_logits)),
         cameras.w2c.detach().to(torch.float32), cameras.fxfycxcy.detach().to(torch.float32),
@@ -140,7 +140,7 @@ class _Shade(torch.autograd.Function):
 
 def shade(g: GaussianStore, cameras: Cameras, sh_degree: int, proj: Projected) -> Tensor:
     """(C, P, 3) SH colours seen from each camera centre; 0 for pairs the projection culled."""
-    f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+    f32 = lambda t: t.to(torch.float32).contiguous()
     return _Shade.apply(f32(g.means), f32(g.sh_dc), f32(g.sh_rest), cameras.centers.detach().to(torch.float64),
                         proj.radii, (sh_degree + 1) ** 2)
 

@@ -16,7 +16,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from manyview.splat.types import ALPHA_MAX, ALPHA_MIN, EXTENT_SIGMA, FOV_CLAMP, T_MIN  # numba: constants
+from manyview.splat.types import (  # numba: constants
+    ALPHA_MAX,
+    ALPHA_MIN,
+    EXTENT_SIGMA,
+    FOV_CLAMP,
+    T_MIN,
+)
 
 FOV_MARGIN = FOV_CLAMP - 1.0
 N_GRAD = 6  # per-intersection gradient row: d means2d (2), d conic (3), d opacity (1), then the features

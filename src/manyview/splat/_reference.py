@@ -12,7 +12,15 @@ from torch import Tensor
 
 from manyview.scene import Cameras
 from manyview.splat.gaussians import GaussianStore
-from manyview.splat.types import ALPHA_MAX, ALPHA_MIN, EPS2D, EXTENT_SIGMA, FOV_CLAMP, T_MIN, Projected
+from manyview.splat.types import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    EPS2D,
+    EXTENT_SIGMA,
+    FOV_CLAMP,
+    T_MIN,
+    Projected,
+)
 
 
 def _safe(mask: Tensor, x: Tensor, fill: float = 1.0) -> Tensor:

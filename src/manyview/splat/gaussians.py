@@ -7,8 +7,9 @@ container that shards them across devices can stand in for :class:`Gaussians` wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -58,16 +59,16 @@ class Gaussians:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def empty(cls, sh_degree: int = 3, dtype: torch.dtype = torch.float32, device=None) -> "Gaussians":
-        z = lambda *s: torch.zeros(s, dtype=dtype, device=device)  # noqa: E731
+    def empty(cls, sh_degree: int = 3, dtype: torch.dtype = torch.float32, device=None) -> Gaussians:
+        z = lambda *s: torch.zeros(s, dtype=dtype, device=device)
         return cls(z(0, 3), z(0, 3), z(0, 4), z(0), z(0, 1, 3), z(0, num_coefficients(sh_degree) - 1, 3))
 
     @classmethod
-    def from_dict(cls, params: dict[str, Tensor]) -> "Gaussians":
+    def from_dict(cls, params: dict[str, Tensor]) -> Gaussians:
         return cls(**{name: params[name] for name in PARAMETER_NAMES})
 
     @staticmethod
-    def cat(parts: Sequence["Gaussians"]) -> "Gaussians":
+    def cat(parts: Sequence[Gaussians]) -> Gaussians:
         if not parts:
             raise ValueError("Gaussians.cat needs at least one Gaussians")
         return Gaussians(*(torch.cat([getattr(g, n) for g in parts]) for n in PARAMETER_NAMES))
@@ -122,29 +123,29 @@ class Gaussians:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     # ----------------------------------------------------------------- new objects
-    def replace(self, **changes: Tensor) -> "Gaussians":
+    def replace(self, **changes: Tensor) -> Gaussians:
         return replace(self, **changes)
 
-    def select(self, index: Tensor) -> "Gaussians":
+    def select(self, index: Tensor) -> Gaussians:
         """Subset by boolean mask or index tensor."""
         return Gaussians(*(getattr(self, n)[index] for n in PARAMETER_NAMES))
 
-    def to(self, *args, **kwargs) -> "Gaussians":
+    def to(self, *args, **kwargs) -> Gaussians:
         return Gaussians(*(getattr(self, n).to(*args, **kwargs) for n in PARAMETER_NAMES))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return Gaussians(*(getattr(self, n).detach() for n in PARAMETER_NAMES))
 
-    def clone(self) -> "Gaussians":
+    def clone(self) -> Gaussians:
         return Gaussians(*(getattr(self, n).clone() for n in PARAMETER_NAMES))
 
-    def requires_grad_(self, requires_grad: bool = True) -> "Gaussians":
+    def requires_grad_(self, requires_grad: bool = True) -> Gaussians:
         """Mark every parameter as a leaf that collects gradients (in place, returns self)."""
         for n in PARAMETER_NAMES:
             getattr(self, n).requires_grad_(requires_grad)
         return self
 
-    def with_sh_degree(self, degree: int) -> "Gaussians":
+    def with_sh_degree(self, degree: int) -> Gaussians:
         """Truncate or zero-pad the higher-degree coefficients to ``degree``."""
         k = num_coefficients(degree) - 1
         rest = self.sh_rest[:, :k]

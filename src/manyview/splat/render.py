@@ -102,7 +102,7 @@ def render(gaussians: GaussianStore, cameras: Cameras, background: Tensor | None
         out_dtype = gaussians.means.dtype
         gaussians = _as_dtype(gaussians, torch.float64)
         cams = cams.to(torch.float64)
-        raster = lambda p, f: ops.rasterize(p, f, height, width)  # noqa: E731
+        raster = lambda p, f: ops.rasterize(p, f, height, width)
     else:
         from manyview.splat import _cpu as ops
 
@@ -111,7 +111,7 @@ def render(gaussians: GaussianStore, cameras: Cameras, background: Tensor | None
         out_dtype = torch.float32
         gaussians = _as_dtype(gaussians, torch.float32)
         cams = cams.to(torch.float32)
-        raster = lambda p, f: ops.rasterize(p, f, height, width, tile_size)  # noqa: E731
+        raster = lambda p, f: ops.rasterize(p, f, height, width, tile_size)
 
     proj = ops.project(gaussians, cams, mode, near, far)
     colors = ops.shade(gaussians, cams, sh_degree, proj) if backend == "cpu" else shade(gaussians, cams, sh_degree)

@@ -14,8 +14,8 @@ gsplat's trainer), averaged over the steps in which the Gaussian was visible.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -39,6 +39,15 @@ class DensifyStrategy:
     refine_every: int = 100
     reset_every: int = 3000  # opacity reset to 2 x prune_opa (3DGS: 0.01)
 
+    def scaled(self, factor: float) -> DensifyStrategy:
+        """The schedule stretched by ``factor`` (gsplat's ``steps_scaler``): refine start / stop and the reset
+        interval scale, so that a run of ``factor x 30k`` steps densifies over the same fraction of its length."""
+        from dataclasses import replace
+
+        return replace(self, refine_start_iter=max(int(self.refine_start_iter * factor), 1),
+                       refine_stop_iter=max(int(self.refine_stop_iter * factor), 1),
+                       reset_every=max(int(self.reset_every * factor), 1))
+
     def initialize_state(self, n: int, device=None) -> dict[str, Tensor]:
         return {"grad2d": torch.zeros(n, device=device), "count": torch.zeros(n, device=device)}
 
@@ -55,7 +64,9 @@ class DensifyStrategy:
             self._accumulate(state, out)
         if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
             report.update(self._refine(params, optimizers, state, step, scene_scale, generator))
-        if step % self.reset_every == 0 and step > 0:
+        # as in 3DGS and gsplat, opacity resets belong to the densification phase: a reset after it would leave the
+        # run too few steps to recover (a 30k run would otherwise reset at 27k)
+        if step % self.reset_every == 0 and 0 < step < self.refine_stop_iter:
             value = torch.logit(torch.tensor(2 * self.prune_opa)).item()
             _edit(params, optimizers, {"opacity_logits": lambda p: p.clamp(max=value)}, reset_state=("opacity_logits",))
             report["reset"] = 1

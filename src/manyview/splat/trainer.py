@@ -71,6 +71,16 @@ class SplatTrainConfig:
     backend: str = "auto"
     seed: int = 0
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
+    scale_schedule: bool = False
+    """Runs shorter than 30k steps stretch ``densify``'s schedule (refine start / stop, opacity resets) by
+    iterations / 30k, as gsplat's ``steps_scaler`` does (``manyview splat`` turns this on); False uses ``densify``
+    as given."""
+
+    def strategy(self) -> DensifyStrategy:
+        """The densification schedule this run uses (see ``scale_schedule``)."""
+        if self.scale_schedule and self.iterations < 30_000:
+            return self.densify.scaled(self.iterations / 30_000)
+        return self.densify
 
     def lr_means_at(self, step: int, extent: float) -> float:
         """Log-linear interpolation from lr_means to lr_means_final over the run (3DGS's expon_lr_func)."""
@@ -158,7 +168,7 @@ class SplatTrainer:
         # fused Adam: the same update as the default loop in one kernel per tensor (7x faster on a CPU here)
         self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15, fused=True)
                            for n in PARAMETER_NAMES}
-        self.strategy = config.densify
+        self.strategy = config.strategy()
         self.strategy_state = self.strategy.initialize_state(len(g))
         self.generator = torch.Generator().manual_seed(config.seed)
         self.order: list[int] = []  # the rest of this epoch's view order

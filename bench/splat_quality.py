@@ -71,7 +71,8 @@ def train(name: str, dataset: Path, out: Path, args) -> dict:
     from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 
     views, points = load_training_data(dataset, args.max_width)
-    config = SplatTrainConfig(iterations=args.iterations, eval_every=args.eval_every,
+    sh_degree = args.synthetic_sh_degree if name == "synthetic" else args.sh_degree
+    config = SplatTrainConfig(iterations=args.iterations, eval_every=args.eval_every, sh_degree=sh_degree,
                               checkpoint_every=args.checkpoint_every, max_init_points=args.max_init_points,
                               scale_schedule=True)  # as `manyview splat` does
     trainer = SplatTrainer(views, out / f"{name}_run", config, points=points)
@@ -83,18 +84,18 @@ def train(name: str, dataset: Path, out: Path, args) -> dict:
     return {"scene": name, "size": f"{views.height}x{views.width}", "train_views": len(trainer.train_ids),
             "test_views": len(trainer.test_ids), "initial_gaussians": n0, "gaussians": result["gaussians"],
             "iterations": result["step"], "initial_psnr": initial, "psnr": result["psnr"], "ssim": result["ssim"],
-            "lpips": result["lpips"], "history": result["history"], "wall_seconds": wall,
+            "lpips": result["lpips"], "sh_degree": sh_degree, "history": result["history"], "wall_seconds": wall,
             "seconds_per_iteration": result["seconds_per_step"], "goal_psnr": GOALS[name],
             "goal_met": result["psnr"] >= GOALS[name], "threads": torch.get_num_threads()}
 
 
 def table(rows: list[dict]) -> str:
-    header = ("| scene | size | train/test | iters | Gaussians (init -> end) | PSNR init -> end (goal) | SSIM | "
+    header = ("| scene | size | SH | train/test | iters | Gaussians (init -> end) | PSNR init -> end (goal) | SSIM | "
               "s/iter | wall s | PSNR by iteration |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hist = ", ".join(f"{h['step']}: {h['psnr']:.2f}" for h in r["history"])
-        lines.append(f"| {r['scene']} | {r['size']} | {r['train_views']}/{r['test_views']} | {r['iterations']} | "
+        lines.append(f"| {r['scene']} | {r['size']} | {r.get('sh_degree', 3)} | {r['train_views']}/{r['test_views']} | {r['iterations']} | "
                      f"{r['initial_gaussians']} -> {r['gaussians']} | {r['initial_psnr']:.2f} -> {r['psnr']:.2f} "
                      f"({r['goal_psnr']:.0f}) | {r['ssim']:.3f} | {r['seconds_per_iteration']:.3f} | "
                      f"{r['wall_seconds']:.0f} | {hist} |")
@@ -112,6 +113,11 @@ def main() -> None:
     parser.add_argument("--max-width", type=int, default=480)
     parser.add_argument("--synthetic-size", type=int, default=256)
     parser.add_argument("--synthetic-views", type=int, default=35)
+    parser.add_argument("--sh-degree", type=int, default=3, help="SH degree of the real scene")
+    parser.add_argument("--synthetic-sh-degree", type=int, default=0,
+                        help="SH degree of the synthetic scene (default 0: its surfaces are Lambertian, so colour "
+                             "does not depend on the view; higher degrees fit the training views' colours instead "
+                             "of geometry)")
     parser.add_argument("--resume", action="store_true", help="continue each run from its last checkpoint")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -231,3 +231,25 @@ def test_renders_do_not_depend_on_the_world_frame(weights):
         (torch.tensor([0]), torch.tensor([0]), torch.tensor([3])), torch.tensor([np.nan], dtype=torch.float64))))
     with pytest.raises(ManyviewError, match="NaN"):
         pipeline.render_views(model, bad, targets)
+
+
+# --------------------------------------------------------------------------------------------- the shipped models
+@pytest.mark.parametrize("variant", ["efficient-lvsm", "lvsm"])
+def test_the_shipped_bundled_model_renders_and_beats_the_naive_baselines(variant, dataset, tmp_path):
+    """The weights in the package load, fit the 25 MB budget, are `nvs`'s default, and render held-out scenes better
+    than copying the nearest input or averaging the inputs (a model with broken weights or ray conventions does not)."""
+    from manyview.nvs import evaluate as ev
+    from manyview.train.lvsm_task import preset
+
+    folder = pipeline.bundled_model_dir(variant)
+    assert folder is not None, f"no bundled {variant} model in the package"
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert (folder / "training_log.csv").is_file() and (folder / "RECIPE.md").is_file()
+    out = tmp_path / "orbit"
+    assert run("--inputs", dataset / "images", "--cameras", dataset, "--orbit", 2, "--out", out, "--model", variant,
+               "--device", "cpu") == 0
+    assert json.loads((out / "summary.json").read_text())["weights"] == f"bundled:{folder.name}"
+    model, _ = pipeline.load_nvs_model(None, variant)
+    result = ev.evaluate(model, ev.synthetic_examples(preset(variant).task.data, num_scenes=4), "held-out")
+    for scene in result.scenes:
+        assert scene["model"]["psnr"] > max(scene["nearest-input"]["psnr"], scene["mean-input"]["psnr"]), scene

@@ -49,8 +49,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+BUDGET_S = float("inf")  # --budget-s: stop repeating a measurement once its timed runs add up to this
+
+
 def timed(fn, device: torch.device, repeats: int, warmup: int = 1, setup=None) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs; ``setup()`` runs untimed first."""
+    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs; ``setup()`` runs untimed first.
+
+    Under a budget (``BUDGET_S``), repeats stop once the timed runs add up to it, and a warm-up run that alone takes
+    longer than the budget is kept as the measurement: at tens of seconds per run, first-call effects are noise.
+    """
     times = []
     for i in range(warmup + repeats):
         if setup is not None:
@@ -59,8 +66,11 @@ def timed(fn, device: torch.device, repeats: int, warmup: int = 1, setup=None) -
         t = time.perf_counter()
         fn()
         sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - t
+        if i >= warmup or elapsed > BUDGET_S:
+            times.append(elapsed)
+        if times and sum(times) > BUDGET_S:
+            break
     return statistics.median(times)
 
 
@@ -113,6 +123,9 @@ def main() -> None:
     parser.add_argument("--lvsm-max-views", type=int, default=None,
                         help="skip LVSM / peer runs with more input views than this (default: none skipped)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5; quick 3)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop repeating a measurement once its runs add up to this many seconds (CPU runs of "
+                             "LVSM with 16 inputs at 256 x 256 take minutes each)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)")
@@ -120,9 +133,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (quick default 1: steadier timings on a shared machine)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-readme", action="store_true", help="do not write the tables into bench/README.md")
     args = parser.parse_args()
 
     quick = args.quick
+    global BUDGET_S
+    BUDGET_S = args.budget_s if args.budget_s is not None else float("inf")
     d = args.d or (256 if quick else 768)
     blocks = args.blocks or (6 if quick else 24)
     size = args.size or (64 if quick else 256)
@@ -154,6 +170,7 @@ def main() -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
             "loadavg_start": os.getloadavg()[0], "mode": "quick" if quick else "full", "d": d, "d_head": args.d_head,
             "blocks": blocks, "size": size, "targets_per_call": T, "repeats": repeats,
+            "budget_s": args.budget_s,
             "params": {"lvsm": params(lvsm), "efficient_lvsm": params(eff)}}
     if peer is not None:
         info["params"]["lvsm_pytorch"] = params(peer)
@@ -211,7 +228,6 @@ def main() -> None:
                 row["speedup_vs_lvsm"] = row["lvsm_render_ms"] / row["cache_add_render_ms"]
             cache_rows.append(row)
             print(f"  N {n:3d}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "n"))
-            del holder
 
     info["loadavg_end"] = os.getloadavg()[0]
     result = {"info": info, "render": render_rows, "cache": cache_rows}
@@ -224,6 +240,11 @@ def main() -> None:
     with atomic_open(out_path.with_suffix(".md"), "w", encoding="utf-8") as fh:
         fh.write(md + "\n")
     print(f"\nwrote {out_path} and {out_path.with_suffix('.md')}")
+    if not args.no_readme:
+        from readme_table import write_table
+
+        name = "nvs_speed_quick" if quick else "nvs_speed"
+        print(f"updated {write_table(name, md, heading=f'Novel view synthesis speed (`bench/nvs_speed.py`, {name})')}")
 
 
 def markdown(result: dict) -> str:
@@ -234,7 +255,9 @@ def markdown(result: dict) -> str:
 
     lines = [f"Device {info['device']} ({info['dtype']}, {info['threads']} threads, load {info['loadavg_start']:.1f}); "
              f"width {info['d']}, {info['blocks']} blocks in all, {info['size']}x{info['size']} images, "
-             f"{info['targets_per_call']} targets per call; parameters: "
+             f"{info['targets_per_call']} targets per call; median of up to {info['repeats']} runs"
+             + (f" (at most {info['budget_s']:g} s of runs per measurement)" if info.get("budget_s") else "")
+             + "; parameters: "
              + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in info["params"].items()),
              "", "Time per rendered view (ms):", "",
              "| inputs | Efficient-LVSM | LVSM | speed-up | lvsm-pytorch | speed-up |",

@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--cache-n", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--lvsm-max-views", type=int, default=None,
                         help="skip LVSM / peer runs with more input views than this (default: none skipped)")
+    parser.add_argument("--peer-max-views", type=int, default=None,
+                        help="skip lvsm-pytorch runs with more input views than this (default: as --lvsm-max-views)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5; quick 3)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop repeating a measurement once its runs add up to this many seconds (CPU runs of "
@@ -144,6 +146,7 @@ def main() -> None:
     size = args.size or (64 if quick else 256)
     repeats = args.repeats or (3 if quick else 5)
     lvsm_max = args.lvsm_max_views or 10**9
+    peer_max = args.peer_max_views or lvsm_max
     if blocks % 2:
         parser.error("--blocks must be even (Efficient-LVSM splits them over two streams)")
     threads = args.threads or (1 if quick else None)
@@ -162,8 +165,14 @@ def main() -> None:
     peer = None
     if not args.no_peer:
         Peer = load_peer()
+        # its own defaults plus x-transformers' attn_flash: attention through SDPA, as ours, instead of a
+        # materialised (tokens x tokens) matrix that needs more than 24 GB at 4 inputs of 256 x 256
+        import inspect
+
+        decoder_kwargs = {**inspect.signature(Peer).parameters["decoder_kwargs"].default, "attn_flash": True}
         peer = Peer(dim=d, max_image_size=size, patch_size=8, depth=blocks, heads=d // args.d_head,
-                    dim_head=args.d_head, max_input_images=max(args.inputs) + 1).to(device).eval()  # + the target slot
+                    dim_head=args.d_head, max_input_images=max(args.inputs) + 1,  # + the target slot
+                    decoder_kwargs=decoder_kwargs).to(device).eval()
 
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -174,6 +183,7 @@ def main() -> None:
             "params": {"lvsm": params(lvsm), "efficient_lvsm": params(eff)}}
     if peer is not None:
         info["params"]["lvsm_pytorch"] = params(peer)
+        info["peer_decoder_kwargs"] = decoder_kwargs
     print(f"device {info['device']}, {info['dtype']}, width {d}, {blocks} blocks, {size}x{size}, {T} targets per call, "
           f"median of {repeats}")
 
@@ -187,7 +197,7 @@ def main() -> None:
             if n + 1 <= lvsm_max:
                 row["lvsm_ms"] = 1000 * timed(lambda: lvsm(images, fi, ci, ft, ct), device, repeats) / T
                 row["speedup_vs_lvsm"] = row["lvsm_ms"] / row["efficient_ms"]
-                if peer is not None:
+                if peer is not None and n + 1 <= peer_max:
                     in_rays = ray_conditioning(fi, ci, size, size)  # (1, n, 6, S, S)
                     tgt_rays = ray_conditioning(ft, ct, size, size)[0]  # (T, 6, S, S): one target per batch item
                     imgs_b, rays_b = images.expand(T, -1, -1, -1, -1), in_rays.expand(T, -1, -1, -1, -1)

@@ -87,7 +87,8 @@ def train(name: str, dataset: Path, out: Path, args) -> dict:
             "test_views": len(trainer.test_ids), "initial_gaussians": n0, "gaussians": result["gaussians"],
             "iterations": result["step"], "initial_psnr": initial, "psnr": result["psnr"], "ssim": result["ssim"],
             "lpips": result["lpips"], "sh_degree": sh_degree,
-            "supersample": args.synthetic_supersample if name == "synthetic" else None, "history": result["history"], "wall_seconds": wall,
+            "supersample": args.synthetic_supersample if name == "synthetic" else None,
+            "history": result["history"], "wall_seconds": wall,
             "seconds_per_iteration": result["seconds_per_step"], "goal_psnr": GOALS[name],
             "goal_met": result["psnr"] >= GOALS[name], "threads": torch.get_num_threads()}
 

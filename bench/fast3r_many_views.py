@@ -19,7 +19,8 @@ import torch
 from manyview import synth
 from manyview.io.atomic import atomic_open
 from manyview.models.fast3r import Fast3R
-from manyview.recon.reconstruct import MemoryMeter, reconstruct
+from manyview.profiling import MemoryMeter
+from manyview.recon.reconstruct import reconstruct
 
 
 def run(model, images) -> dict:

@@ -41,7 +41,9 @@ import torch
 
 from manyview.io.atomic import atomic_open
 from manyview.models.efficient_lvsm import EfficientLVSM
-from manyview.models.lvsm import LVSMConfig, LVSMDecoderOnly, ray_conditioning
+from manyview.models.lvsm import LVSMDecoderOnly
+from manyview.models.lvsm_base import ray_conditioning
+from manyview.models.lvsm_config import LVSMConfig
 
 
 def sync(device: torch.device) -> None:

@@ -11,7 +11,7 @@ the fusion transformer, the same DPT heads; random weights, which do not change 
 Only the rendered images of ``manyview.synth`` are used (no ground truth). Each configuration runs in a fresh
 subprocess, one after the other, so that peak memory does not carry over; time is the wall clock of the library
 call (CPU time of all threads is recorded too), memory the peak increase of the process (CPU: resident set; CUDA:
-allocated) over its level before the call, see ``manyview.recon.reconstruct.MemoryMeter``.
+allocated) over its level before the call, see ``manyview.profiling.MemoryMeter``.
 
 Stopping: a baseline run that passes ``--budget-s`` (600 s) is stopped once it is inside the global alignment with
 at least 3 iterations done; its time is then the measured time plus the remaining iterations at the measured
@@ -58,7 +58,9 @@ def run_one(method: str, n: int, size: int, preset: str, budget_s: float, ga_ite
     from manyview.models.fast3r import Fast3R
     from manyview.models.pairwise import PairwiseConfig, PairwiseNet
     from manyview.recon import GlobalAlignmentConfig
-    from manyview.recon.reconstruct import MemoryMeter, reconstruct, reconstruct_pairwise, resolve_device
+    from manyview.device import resolve_device
+    from manyview.profiling import MemoryMeter
+    from manyview.recon.reconstruct import reconstruct, reconstruct_pairwise
 
     device = resolve_device(device)
     if device.type == "cpu":  # allocations past the limit fail with an error instead of swapping the machine

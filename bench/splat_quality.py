@@ -69,10 +69,10 @@ def family_data(out: Path, max_width: int):
 
 
 def train(name: str, dataset: Path, out: Path, args) -> dict:
-    from manyview.cli.splat import load_training_data
+    from manyview.splat.data import load_training_views
     from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 
-    views, points = load_training_data(dataset, args.max_width)
+    views, points = load_training_views(dataset, args.max_width)
     sh_degree = args.synthetic_sh_degree if name == "synthetic" else args.sh_degree
     config = SplatTrainConfig(iterations=args.iterations, eval_every=args.eval_every, sh_degree=sh_degree,
                               checkpoint_every=args.checkpoint_every, max_init_points=args.max_init_points,

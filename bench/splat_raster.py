@@ -44,7 +44,7 @@ import torch
 from manyview.io.atomic import atomic_open
 from manyview.scene import Cameras, PointCloud
 from manyview.splat import _cpu, _reference, from_points, random_in_box, render
-from manyview.splat.render import shade
+from manyview.splat.backend import shade
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "splat" / "garden_points.npz"
 FLOPS_PER_PAIR = 30 + 60  # forward: power, exp, blend of 4 channels; backward: the same plus 10 gradients

@@ -10,14 +10,15 @@ from torch import nn
 
 from manyview.cli.main import main
 from manyview.errors import ManyviewError
+from manyview.geometry.poses import normalize_poses
 from manyview.io.realestate10k import scene_from_views, write_chunks
 from manyview.metrics.image import ssim
-from manyview.models.lvsm import CONFIGS, LVSMConfig, build_model, normalize_poses
-from manyview.models.lvsm_weights import save_pretrained
+from manyview.models.lvsm_config import CONFIGS, LVSMConfig
+from manyview.models.lvsm_family import build_model
 from manyview.nvs import evaluate as ev
 from manyview.scene import Cameras, Views
 from manyview.synth import generate
-from manyview.train.data import EVAL_SEED_START
+from manyview.synth.samples import EVAL_SEED_START
 from manyview.train.lvsm_task import LVSMDataConfig
 
 
@@ -145,7 +146,7 @@ def test_synthetic_examples_are_held_out_and_deterministic():
 @pytest.mark.slow
 def test_eval_nvs_command(re10k, tmp_path, capsys):
     torch.manual_seed(0)
-    weights = save_pretrained(build_model(CONFIGS["efficient-lvsm-tiny"]), tmp_path / "model")
+    weights = build_model(CONFIGS["efficient-lvsm-tiny"]).save_pretrained(tmp_path / "model")
     out = tmp_path / "eval.json"
     assert main(["eval", "nvs", "--weights", str(weights), "--re10k", str(re10k / "test"), "--index",
                  str(re10k / "index.json"), "--size", "32", "--synthetic", "1", "--out", str(out)]) == 0

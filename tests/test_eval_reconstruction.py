@@ -15,7 +15,7 @@ from manyview.models.fast3r import Fast3R, _preset
 from manyview.recon import evaluate as ev
 from manyview.scene import Cameras
 from manyview.synth import generate
-from manyview.train.data import EVAL_SEED_START, views_to_sample
+from manyview.synth.samples import EVAL_SEED_START, views_to_sample
 
 
 def sim3(points, scale, R, t):
@@ -151,7 +151,7 @@ def test_goal_check_averages_kinds_at_eight_views():
 
 
 def test_real_mode_scores_against_pseudo_ground_truth_of_registered_frames(tmp_path, monkeypatch, micro_weights):
-    from manyview.io.images import write_image
+    from manyview.io.image_writers import write_image
 
     _, views = generate(EVAL_SEED_START + 9, kind="room", num_views=6, height=48, width=64)
     folder = tmp_path / "photos"
@@ -181,8 +181,10 @@ def test_real_mode_scores_against_pseudo_ground_truth_of_registered_frames(tmp_p
 def test_weights_loading_errors_name_the_path(tmp_path, monkeypatch):
     with pytest.raises(ManyviewError, match="nowhere"):
         ev.load_fast3r(tmp_path / "nowhere")
-    monkeypatch.setattr(ev, "BUNDLED_WEIGHTS", tmp_path / "absent")
-    with pytest.raises(ManyviewError, match="bundled"):
+    import manyview.assets
+
+    monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda model: None)  # an installation without them
+    with pytest.raises(ManyviewError, match="bundled Fast3R weights are not installed"):
         ev.load_fast3r(None)
 
 

@@ -2,21 +2,21 @@
 pieces behind it (camera matching, fitting, orbits, pose normalisation)."""
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
+import manyview.assets
 from manyview.cli.main import main
 from manyview.errors import ManyviewError
 from manyview.geometry.rotation import random_rotation
 from manyview.geometry.transforms import rigid
-from manyview.io.dataset import write_dataset
-from manyview.models.lvsm import CONFIGS, build_model
-from manyview.models.lvsm_weights import save_pretrained
+from manyview.io.dataset import read_cameras, write_dataset
+from manyview.models.lvsm_config import CONFIGS
+from manyview.models.lvsm_family import build_model
 from manyview.nvs import pipeline
-from manyview.scene import Cameras, Views
+from manyview.scene import Cameras, Views, resize_cameras
 from manyview.synth import generate
 
 
@@ -26,7 +26,7 @@ def weights(tmp_path_factory):
     out = {}
     for name in ("lvsm-tiny", "efficient-lvsm-tiny"):
         torch.manual_seed(0)
-        out[name] = save_pretrained(build_model(CONFIGS[name]), root / name)
+        out[name] = build_model(CONFIGS[name]).save_pretrained(root / name)
     return out
 
 
@@ -49,7 +49,7 @@ def test_orbit_renders_pngs_and_cameras(dataset, weights, tmp_path, capsys):
                "--weights", weights["efficient-lvsm-tiny"], "--device", "cpu") == 0
     pngs = sorted((out / "images").glob("*.png"))
     assert [p.name for p in pngs] == [f"orbit_{i:04d}.png" for i in range(4)]
-    cams, names = pipeline.read_cameras(out)
+    cams, names = read_cameras(out)
     assert len(cams) == 4 and cams.image_size.tolist() == [[32, 32]] * 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input_views"] == 3 and summary["rendered_views"] == 4 and summary["size"] == 32
@@ -68,7 +68,7 @@ def test_orbit_renders_pngs_and_cameras(dataset, weights, tmp_path, capsys):
 
     model, _ = pipeline.load_nvs_model(weights["efficient-lvsm-tiny"])
     views, _ = pipeline.load_posed_inputs(sorted((dataset / "images").iterdir()), dataset, 32)
-    ref = pipeline.render_views(model, views, pipeline.orbit_cameras(views.cameras, 4))
+    ref = pipeline.render_views(model, views, views.cameras.orbit(4))
     got = torch.stack([read_image(p)[0] for p in pngs])
     assert (got - ref).abs().max() <= 1 / 255 + 1e-6
     # a second run may replace its own earlier output
@@ -131,7 +131,7 @@ def test_refused_inputs_exit_2_with_one_line(dataset, weights, tmp_path, capsys,
     refused("--inputs", imgs, "--cameras", bad / "nan.json", "--orbit", 2, "--out", tmp_path / "a", "--weights", w,
             match="nan.json")
     # no weights and nothing bundled: the message says what to pass
-    monkeypatch.setattr(pipeline, "BUNDLED", {k: f"assets/missing_{k}" for k in pipeline.BUNDLED})
+    monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda model: None)  # an installation without them
     refused("--inputs", imgs, "--cameras", dataset, "--orbit", 2, "--out", tmp_path / "a", match="--weights")
     # an output folder that is not ours
     (tmp_path / "theirs").mkdir()
@@ -162,11 +162,11 @@ def test_match_cameras_by_name_or_order():
         pipeline.match_cameras(["a.png"], cams, ["a.jpg", "b.jpg", "x/a.png"], "src")
 
 
-def test_fit_cameras_agrees_with_loaded_crops(dataset):
+def test_resized_cameras_agree_with_loaded_crops(dataset):
     views, by_name = pipeline.load_posed_inputs(sorted((dataset / "images").iterdir()), dataset, 32)
-    cams, _ = pipeline.read_cameras(dataset)
+    cams, _ = read_cameras(dataset)
     assert by_name
-    fitted = pipeline.fit_cameras(cams, 32)
+    fitted = resize_cameras(cams, 32, 32)
     torch.testing.assert_close(fitted.fxfycxcy.float(), views.cameras.fxfycxcy, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(fitted.c2w.float(), views.cameras.c2w, atol=1e-5, rtol=1e-5)
     assert fitted.image_size.tolist() == [[32, 32]] * 3
@@ -178,41 +178,6 @@ def looking_at(point: torch.Tensor, eyes: torch.Tensor) -> Cameras:
                            f.expand(len(eyes), 4), (32, 32))
 
 
-def test_scene_center_and_orbit_geometry():
-    center = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
-    eyes = center + torch.tensor([[3.0, 0.5, 1.0], [2.0, 2.5, 1.2], [0.5, 3.0, 0.8]], dtype=torch.float64)
-    cams = looking_at(center, eyes)
-    torch.testing.assert_close(pipeline.scene_center(cams), center)
-    orbit = pipeline.orbit_cameras(cams, 6)
-    c = orbit.centers
-    torch.testing.assert_close(c[0], eyes.mean(0))  # the circle passes through the inputs' mean centre
-    radial = (c - center)[:, :2]
-    assert torch.allclose(radial.norm(dim=-1), radial[0].norm().expand(6))  # a circle around the vertical axis
-    torch.testing.assert_close(c[:, 2], c[0, 2].expand(6))
-    to_center = torch.nn.functional.normalize(center - c, dim=-1)
-    torch.testing.assert_close(orbit.c2w[:, :3, 2], to_center)  # each camera looks at the scene centre
-    angles = torch.atan2(radial[:, 1], radial[:, 0])
-    steps = torch.remainder(angles.roll(-1) - angles, 2 * math.pi)
-    torch.testing.assert_close(steps, torch.full((6,), 2 * math.pi / 6, dtype=torch.float64))
-    assert orbit.c2w[:, 2, 1].max() < 0  # image down points down in the world (no upside-down frames)
-
-
-def test_scene_center_falls_back_for_parallel_views():
-    eyes = torch.tensor([[0.0, 0, 0], [0.5, 0, 0]], dtype=torch.float64)
-    cams = Cameras(torch.tensor([30.0, 30, 16, 16]).expand(2, 4).double(),
-                   rigid(torch.eye(3, dtype=torch.float64).expand(2, 3, 3), eyes), (32, 32))
-    point = pipeline.scene_center(cams)
-    torch.testing.assert_close(point, torch.tensor([0.25, 0, 0.5], dtype=torch.float64))  # ahead, by the spread
-    orbit = pipeline.orbit_cameras(cams, 3)
-    assert torch.isfinite(orbit.c2w).all()
-    # four cameras above the scene looking down at it: their mean centre is on the vertical axis, no circle
-    above = torch.tensor([[0.5, 0, 3], [-0.5, 0, 3], [0, 0.5, 3], [0, -0.5, 3]], dtype=torch.float64)
-    down = looking_at(torch.zeros(3, dtype=torch.float64), above)
-    torch.testing.assert_close(pipeline.up_direction(down), torch.tensor([0, 0, 1.0], dtype=torch.float64))
-    with pytest.raises(ManyviewError, match="no circle"):
-        pipeline.orbit_cameras(down, 4)
-
-
 def test_renders_do_not_depend_on_the_world_frame(weights):
     """Normalisation from the inputs makes rendering invariant to any rotation, translation and scale of the world."""
     model, _ = pipeline.load_nvs_model(weights["efficient-lvsm-tiny"])
@@ -221,7 +186,7 @@ def test_renders_do_not_depend_on_the_world_frame(weights):
     eyes = torch.tensor([[3.0, 0.0, 1.0], [2.0, 2.0, 1.2], [0.0, 3.0, 1.0]], dtype=torch.float64)
     cams = looking_at(center, eyes)
     views = Views(images=torch.rand(3, 3, 32, 32, generator=g), cameras=cams.to(torch.float32))
-    targets = pipeline.orbit_cameras(cams, 3).to(torch.float32)
+    targets = cams.orbit(3).to(torch.float32)
     ref = pipeline.render_views(model, views, targets)
     T = rigid(random_rotation(1, generator=g)[0], torch.tensor([5.0, -3.0, 2.0], dtype=torch.float64))
     moved = Views(images=views.images, cameras=cams.transform(T, 7.5).to(torch.float32))
@@ -241,7 +206,7 @@ def test_the_shipped_bundled_model_renders_and_beats_the_naive_baselines(variant
     from manyview.nvs import evaluate as ev
     from manyview.train.lvsm_task import preset
 
-    folder = pipeline.bundled_model_dir(variant)
+    folder = manyview.assets.bundled_model_dir(variant)
     assert folder is not None, f"no bundled {variant} model in the package"
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     assert (folder / "training_log.csv").is_file() and (folder / "RECIPE.md").is_file()

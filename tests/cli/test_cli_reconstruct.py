@@ -87,18 +87,20 @@ def test_pairwise_model_and_duplicate_images(tmp_path, capsys):
 
 
 def test_bundled_model_is_the_default(fast3r_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli_reconstruct, "bundled_model_dir", lambda: tmp_path / "absent")
+    import manyview.assets
+
+    monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda model: None)  # an installation without it
     images = tmp_path / "images"
     images.mkdir()
     for k in range(2):
         torch.manual_seed(k)
-        from manyview.io.images import write_image
+        from manyview.io.image_writers import write_image
 
         write_image(images / f"{k}.png", torch.rand(3, 40, 56))
     code, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "out", "--size", 32)
     assert code == 2 and "--weights" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(cli_reconstruct, "bundled_model_dir", lambda: fast3r_dir)
+    monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda model: fast3r_dir if model == "fast3r" else None)
     code, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "out", "--size", 32, "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["weights"] == "bundled:fast3r_bundled"
@@ -110,7 +112,7 @@ def test_default_size_is_the_size_the_weights_were_trained_at(tmp_path, capsys):
     weights = model.save_pretrained(tmp_path / "w48")
     images = tmp_path / "images"
     images.mkdir()
-    from manyview.io.images import write_image
+    from manyview.io.image_writers import write_image
 
     for k in range(2):
         write_image(images / f"{k}.png", torch.rand(3, 60, 90, generator=torch.Generator().manual_seed(k)))
@@ -207,7 +209,10 @@ def test_sample_scene_is_reconstructed_and_scored_against_its_ground_truth(fast3
 
 def test_the_shipped_bundled_model_reconstructs_the_sample(tmp_path, capsys):
     """README command one: the weights in the package load in the released layout and score the embedded sample."""
-    bundled = cli_reconstruct.bundled_model_dir()
+    from manyview.assets import bundled_model_dir
+
+    bundled = bundled_model_dir("fast3r")
+    assert bundled is not None, "no bundled Fast3R in the package"
     weights = bundled / "model.safetensors"
     assert weights.is_file() and weights.stat().st_size <= 25 * 2**20
     assert (bundled / "training_log.csv").is_file() and (bundled / "RECIPE.md").is_file()

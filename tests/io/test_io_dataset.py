@@ -14,7 +14,7 @@ from PIL import Image
 import manyview.io.dataset as dataset_module
 from manyview.errors import ManyviewError
 from manyview.io.colmap import write_colmap
-from manyview.io.dataset import describe, detect_format, load_dataset, load_points, write_dataset
+from manyview.io.dataset import describe, detect_format, load_dataset, load_points, read_cameras, write_dataset
 from manyview.io.images import ImageLoadPolicy
 from manyview.io.ply import write_ply
 from manyview.io.realestate10k import scene_from_views, write_chunks
@@ -130,6 +130,38 @@ def test_describe(tmp_path):
     i = describe(root / "images")
     assert i["format"] == "images" and i["num_views"] == 3 and i["intrinsics"] is None
     assert describe(root / "points.ply")["num_points"] == 40
+
+
+def test_read_cameras_from_every_format_that_has_them(tmp_path):
+    """The cameras alone, at the images' file sizes, by the same detection as load_dataset; no image is decoded."""
+    views = _views()
+    root = write_dataset(tmp_path / "scene", views)
+    for source in (root, root / "transforms.json", root / "sparse" / "0"):
+        cams, names = read_cameras(source)
+        assert cams.dtype == torch.float64 and len(cams) == 3
+        torch.testing.assert_close(cams.c2w.float(), views.cameras.c2w, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cams.fxfycxcy.float(), views.cameras.fxfycxcy)
+        assert [n.rsplit("/", 1)[-1] for n in names] == ["a.png", "b_c.png", "d.png"]
+    for image in (root / "images").iterdir():  # the cameras need no image files
+        image.write_bytes(b"")
+    assert len(read_cameras(root)[0]) == 3
+    (root / "manyview.json").unlink()
+    shutil.rmtree(root / "sparse")  # transforms.json alone
+    assert detect_format(root) == "transforms_json" and len(read_cameras(root)[0]) == 3
+
+
+def test_read_cameras_names_what_is_missing(tmp_path):
+    with pytest.raises(ManyviewError, match="camera file or folder not found"):
+        read_cameras(tmp_path / "missing")
+    ply = write_ply(tmp_path / "p.ply", _points())
+    with pytest.raises(ManyviewError, match="expected a transforms.json") as e:
+        read_cameras(ply)
+    assert str(ply) in str(e.value)
+    plain = write_dataset(tmp_path / "plain", Views(images=torch.rand(2, 3, 8, 8)))
+    with pytest.raises(ManyviewError, match="no cameras here"):
+        read_cameras(plain)
+    with pytest.raises(ManyviewError, match="no cameras here"):
+        read_cameras(plain / "images")
 
 
 def test_views_without_cameras(tmp_path):

@@ -13,11 +13,12 @@ from PIL import Image, ImageOps
 
 from manyview.errors import ManyviewError
 from manyview.geometry.projection import project
-from manyview.io import images as mvimages
-from manyview.io.images import (ImageLoadPolicy, ImageTransform, apply_to_cameras, list_images, load_image_bytes,
-                                load_images, natural_key, read_depth, read_image, read_mask, write_depth,
-                                write_image, write_mask)
+from manyview.io import image_decode
+from manyview.io.image_writers import encode_jpeg, write_image
+from manyview.io.images import ImageLoadPolicy, list_images, load_image_bytes, load_images, natural_key, read_image
+from manyview.io.pixel_maps import read_depth, read_mask, write_depth, write_mask
 from manyview.scene import Cameras
+from manyview.scene.resize import ImageTransform, apply_to_cameras
 
 FAMILY = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "family"
 
@@ -62,11 +63,11 @@ def test_orientation_matches_pil_exif_transpose(tmp_path, orientation):
 def test_upright_box_maps_to_the_same_stored_pixels(orientation):
     """Cropping the upright image == cropping the stored image at the mapped box, then transposing."""
     stored = Image.fromarray(np.arange(7 * 11, dtype=np.int32).reshape(7, 11), "I")
-    op = mvimages._ORIENT_OP.get(orientation)
+    op = image_decode._ORIENT_OP.get(orientation)
     upright = stored.transpose(op) if op is not None else stored
     W, H = upright.size
     box = (1, 2, W - 3, H - 1)  # deliberately off-centre
-    stored_box = tuple(int(v) for v in mvimages._box_to_stored(box, orientation, (H, W)))
+    stored_box = tuple(int(v) for v in image_decode._box_to_stored(box, orientation, (H, W)))
     got = stored.crop(stored_box)
     got = got.transpose(op) if op is not None else got
     np.testing.assert_array_equal(np.asarray(got), np.asarray(upright.crop(box)))
@@ -228,8 +229,6 @@ def test_apply_map_follows_the_image(tmp_path):
 
 
 def test_in_memory_bytes(tmp_path):
-    from manyview.io.images import encode_jpeg
-
     img = torch.rand(3, 16, 24)
     views, ts = load_image_bytes([encode_jpeg(img)], ImageLoadPolicy(size=(8, 8)))
     assert views.images.shape == (1, 3, 8, 8) and ts[0].original_size == (16, 24)
@@ -362,4 +361,4 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_module_exports_decompression_limit():
-    assert mvimages.DEFAULT_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
+    assert image_decode.DEFAULT_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from manyview.errors import ManyviewError
-from manyview.io.images import ImageLoadPolicy, write_depth, write_mask
+from manyview.io.images import ImageLoadPolicy
+from manyview.io.pixel_maps import write_depth, write_mask
 from manyview.io.transforms_json import parse_transforms_json, read_transforms_json, write_transforms_json
 from manyview.scene import Cameras
 

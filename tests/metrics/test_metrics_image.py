@@ -155,7 +155,7 @@ def test_lpips_rejects_bad_weight_files(tmp_path):
     backbone["features.3.weight"] = torch.zeros(8, 8, 5, 5)  # another network's shapes
     misfit = tmp_path / "misfit.safetensors"
     save_file({**backbone, **lin}, str(misfit))
-    with pytest.raises(ManyviewError, match="do not fit"):
+    with pytest.raises(ManyviewError, match="misfit.safetensors: checkpoint does not fit LPIPS"):
         lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), weights=misfit)
 
     torch.save({"x": Payload()}, tmp_path / "evil.pth")

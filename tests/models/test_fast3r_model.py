@@ -207,3 +207,24 @@ def test_bad_inputs(tiny):
         tiny.infer(_images(1, 3), image_ids=torch.zeros(1, 2))
     with pytest.raises(ManyviewError, match="must be"):
         tiny(torch.rand(2, 3, 32, 32))
+
+
+def test_chunk_sizes_are_call_arguments_not_module_state(micro):
+    """infer(encoder_chunk_size=..., max_parallel_views_for_head=...) must not write them onto the module (two
+    callers sharing a model would see each other's sizes); they still set the work per encoder / head pass."""
+    passes = []
+
+    def seen(module, args):  # the encoder takes images, a head a list of layers
+        batch = args[0].shape[0] if torch.is_tensor(args[0]) else args[0][0].shape[0]
+        passes.append((module, batch, micro.encoder_chunk_size, micro.max_parallel_views_for_head))
+
+    hooks = [m.register_forward_pre_hook(seen) for m in (micro.encoder, micro.downstream_head)]
+    try:
+        micro.infer(_images(2, 5), encoder_chunk_size=4, max_parallel_views_for_head=6)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert all((enc, head) == (400, 25) for _, _, enc, head in passes)  # the defaults, untouched during the call
+    encoder_batches = [n for m, n, _, _ in passes if m is micro.encoder]
+    head_batches = [n for m, n, _, _ in passes if m is micro.downstream_head]
+    assert encoder_batches == [4, 4, 2] and head_batches == [6, 4]  # 2 views x B=2 per pass; 3 views x B=2 per pass

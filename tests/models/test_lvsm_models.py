@@ -7,8 +7,9 @@ import torch
 
 from manyview.errors import ManyviewError
 from manyview.models.efficient_lvsm import EfficientLVSM
-from manyview.models.lvsm import (CONFIGS, LVSMConfig, LVSMDecoderOnly, LVSMEncoderDecoder, build_model,
-                                  get_config)
+from manyview.models.lvsm import LVSMDecoderOnly, LVSMEncoderDecoder
+from manyview.models.lvsm_config import CONFIGS, LVSMConfig, get_config
+from manyview.models.lvsm_family import build_model
 from manyview.nn.attention import attention_reference
 from manyview.scene import Cameras
 

@@ -6,9 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from manyview.models.lvsm import (LVSMDecoderOnly, build_model, normalize_poses, posed_images, ray_conditioning,
-                                  view_rays)
-from manyview.models.lvsm_weights import config_from_yaml, load_lvsm, load_weights, read_state_dict
+from manyview.geometry.poses import normalize_poses
+from manyview.hub import read_state_dict
+from manyview.models.lvsm import LVSMDecoderOnly
+from manyview.models.lvsm_base import posed_images, ray_conditioning, view_rays
+from manyview.models.lvsm_family import build_model, load_lvsm
+from manyview.models.lvsm_weights import clean_state_dict, config_from_yaml
 from manyview.scene import Cameras
 
 PARITY = Path(__file__).resolve().parents[3] / "shared" / "parity"  # ../shared beside the checkout
@@ -40,10 +43,11 @@ def efficient():
 def test_container_and_safetensors_load_with_exactly_the_models_keys(name):
     folder = PARITY / name
     config = config_from_yaml(folder / "config.yaml")
-    container, flat = read_state_dict(folder / "checkpoint.pt"), read_state_dict(folder / "model.safetensors")
+    container = clean_state_dict(read_state_dict(folder / "checkpoint.pt")[0])
+    flat = clean_state_dict(read_state_dict(folder / "model.safetensors")[0])
     model = build_model(config)
     assert set(container) == set(flat) == set(model.state_dict())  # zero missing, zero unexpected
-    load_weights(model, container)  # strict: raises on any missing, unexpected or mis-shaped key
+    model.load_tensors(container)  # strict: raises on any missing, unexpected or mis-shaped key
     for key, value in model.state_dict().items():
         assert torch.equal(value, flat[key]), key
 

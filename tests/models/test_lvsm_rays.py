@@ -1,16 +1,12 @@
-"""LVSM conventions: rays, Plücker channels, patch order and pose normalisation, checked by hand and by property."""
+"""LVSM conventions: rays, Plücker channels and patch order, checked by hand (pose normalisation:
+tests/geometry/test_geometry_poses.py)."""
 
 import math
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from manyview.geometry.rotation import random_rotation
 from manyview.geometry.transforms import rigid
-from manyview.models.lvsm import (normalize_cameras, normalize_poses, patch_tokenizer, pose_normalization, posed_images,
-                                  ray_conditioning, view_rays)
-from manyview.scene import Cameras
+from manyview.models.lvsm_base import patch_tokenizer, posed_images, ray_conditioning, view_rays
 
 # fx=2, fy=4, cx=cy=1 on a 2x2 image; camera rotated 90 degrees about z (R (a, b, c) = (-b, a, c)) at (1, 2, 3)
 FXFYCXCY = torch.tensor([2.0, 4.0, 1.0, 1.0], dtype=torch.float64)
@@ -49,43 +45,3 @@ def test_input_channels_and_patch_order():
     assert tokens.shape == (2, 3, 6, p * p * c)
     for hh, ww, ph, pw, ch in [(0, 0, 0, 0, 0), (1, 2, 3, 1, 4), (0, 1, 2, 3, 1)]:
         assert tokens[1, 2, hh * 3 + ww, (ph * p + pw) * c + ch] == x[1, 2, ch, hh * p + ph, ww * p + pw]
-
-
-def _poses(seed, v):
-    g = torch.Generator().manual_seed(seed)
-    R = random_rotation(v, generator=g, dtype=torch.float64)
-    return rigid(R, torch.randn(v, 3, generator=g, dtype=torch.float64) * 5)
-
-
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), v=st.integers(2, 6), scale=st.floats(0.05, 20.0))
-def test_pose_normalisation_removes_the_world_frame_and_scale(seed, v, scale):
-    c2w = _poses(seed, v)
-    normalized = normalize_poses(c2w, 1.35)
-    centers = normalized[:, :3, 3]
-    assert torch.allclose(centers.abs().max(), torch.tensor(1 / 1.35, dtype=torch.float64))
-    assert torch.allclose(centers.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-9)
-    forward = normalized[:, :3, 2].mean(0)
-    assert torch.allclose(forward / forward.norm(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-9)
-    assert abs(normalized[:, :3, 1].mean(0)[0]) < 1e-9  # mean down axis has no x component
-    # invariant to any similarity of the world
-    g = torch.Generator().manual_seed(seed + 1)
-    T = rigid(_poses(seed + 2, 1)[0, :3, :3], torch.randn(3, generator=g, dtype=torch.float64))
-    moved = T @ c2w
-    moved = rigid(moved[:, :3, :3], moved[:, :3, 3] * scale)
-    torch.testing.assert_close(normalize_poses(moved, 1.35), normalized)
-
-
-def test_pose_normalisation_is_batched_applies_to_cameras_and_survives_one_camera():
-    c2w = torch.stack([_poses(1, 4), _poses(2, 4)])
-    normalized = normalize_poses(c2w)
-    torch.testing.assert_close(normalized[1], normalize_poses(c2w[1]))
-    T, scale = pose_normalization(c2w)
-    cams = Cameras(torch.ones(2, 4, 4, dtype=torch.float64), c2w, (8, 8))
-    similarity = rigid(T[:, :3, :3], T[:, :3, 3] * scale[:, None])[:, None]
-    torch.testing.assert_close(cams.transform(similarity, scale[:, None, None, None]).c2w, normalized)
-    torch.testing.assert_close(normalize_cameras(cams).c2w, normalized)
-    assert normalize_cameras(cams).fxfycxcy is cams.fxfycxcy
-    single = normalize_poses(_poses(3, 1))
-    assert torch.isfinite(single).all()
-    torch.testing.assert_close(single[0], torch.eye(4, dtype=torch.float64))

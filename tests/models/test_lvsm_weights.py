@@ -9,12 +9,21 @@ from safetensors.torch import save_file
 from test_lvsm_models import scene, tiny
 
 from manyview.errors import ManyviewError
-from manyview.models.lvsm import CONFIGS, build_model
-from manyview.models.lvsm_weights import (config_from_yaml, detect_variant, infer_config, load_lvsm,
-                                          load_pretrained, load_weights, read_state_dict, save_official_checkpoint,
-                                          save_pretrained)
+from manyview.hub import read_state_dict
+from manyview.models.efficient_lvsm import EfficientLVSM
+from manyview.models.lvsm import LVSMDecoderOnly
+from manyview.models.lvsm_config import CONFIGS
+from manyview.models.lvsm_family import build_model, load_lvsm
+from manyview.models.lvsm_weights import clean_state_dict, config_from_yaml, detect_variant, infer_config
 
 TINY = ["lvsm-tiny", "lvsm-encoder-decoder-tiny", "efficient-lvsm-tiny"]
+
+
+def save_official_checkpoint(model, path, compiled_prefix=False):
+    """The released container layout ``{"model": state_dict}``, with ``_orig_mod.`` keys when the official run
+    was ``torch.compile``-wrapped."""
+    prefix = "_orig_mod." if compiled_prefix else ""
+    torch.save({"model": {prefix + k: v for k, v in model.state_dict().items()}}, path)
 
 
 def official_keys(name: str) -> set[str]:
@@ -73,11 +82,11 @@ def _same(a, b):
 def test_every_layout_round_trips(name, tmp_path):
     model = tiny(name)
     expected = _render(model)
-    save_pretrained(model, tmp_path / "hf")
+    model.save_pretrained(tmp_path / "hf")
     save_official_checkpoint(model, tmp_path / "plain.pt")
     save_official_checkpoint(model, tmp_path / "compiled.pt", compiled_prefix=True)
     save_file(dict(model.state_dict()), str(tmp_path / "flat.safetensors"))
-    loaded = [load_pretrained(tmp_path / "hf"), load_lvsm(tmp_path / "hf"),
+    loaded = [type(model).from_pretrained(tmp_path / "hf"), load_lvsm(tmp_path / "hf"),
               load_lvsm(tmp_path / "plain.pt", CONFIGS[name]), load_lvsm(tmp_path / "compiled.pt", name),
               load_lvsm(tmp_path / "flat.safetensors", name)]
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["variant"] == CONFIGS[name].variant
@@ -106,7 +115,7 @@ def test_training_only_entries_are_skipped_and_the_compile_prefix_stripped(tmp_p
     state["loss_computer.perceptual_loss_module.blocks.0.0.weight"] = torch.zeros(1)
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "fwdbwd_pass_step": 3},
                tmp_path / "ckpt.pt")
-    assert set(read_state_dict(tmp_path / "ckpt.pt")) == set(model.state_dict())
+    assert set(clean_state_dict(read_state_dict(tmp_path / "ckpt.pt")[0])) == set(model.state_dict())
     assert _same(load_lvsm(tmp_path / "ckpt.pt"), model)
     eff = tiny("efficient-lvsm-tiny")
     state = dict(eff.state_dict()) | {"repa_projector.input.2.0.weight": torch.zeros(4, 4),
@@ -124,7 +133,11 @@ def test_checkpoint_of_another_variant_is_named(tmp_path):
     with pytest.raises(ManyviewError, match="eff.pt: this is an Efficient-LVSM checkpoint.*LVSM decoder-only"):
         load_lvsm(tmp_path / "eff.pt", "lvsm-tiny")
     with pytest.raises(ManyviewError, match="Efficient-LVSM checkpoint .*model is LVSM encoder-decoder"):
-        load_weights(build_model("lvsm-encoder-decoder-tiny"), eff.state_dict())
+        build_model("lvsm-encoder-decoder-tiny").load_tensors(eff.state_dict())
+    eff.save_pretrained(tmp_path / "eff")
+    with pytest.raises(ManyviewError, match="eff: this is an Efficient-LVSM checkpoint, but LVSMDecoderOnly builds"):
+        LVSMDecoderOnly.from_pretrained(tmp_path / "eff")
+    assert isinstance(EfficientLVSM.from_pretrained(tmp_path / "eff"), EfficientLVSM)
     assert detect_variant(lvsm.state_dict()) == "decoder_only" and detect_variant(["x.weight"]) is None
 
 
@@ -134,11 +147,11 @@ def test_missing_unexpected_and_misshapen_keys_are_listed(tmp_path):
     state["transformer_blocks.9.attn.fc.weight"] = torch.zeros(64, 64)
     state["image_tokenizer.1.weight"] = torch.zeros(64, 3)
     with pytest.raises(ManyviewError) as err:
-        load_weights(build_model("lvsm-tiny"), state, tmp_path / "x.pt")
+        build_model("lvsm-tiny").load_tensors(state, path=tmp_path / "x.pt")
     message = str(err.value)
     assert "missing keys: transformer_blocks.2.attn.fc.weight" in message
     assert "unexpected keys: transformer_blocks.9.attn.fc.weight" in message
-    assert "image_tokenizer.1.weight (64, 3) vs model (64, 576)" in message
+    assert "image_tokenizer.1.weight: checkpoint (64, 3) vs model (64, 576)" in message and "x.pt" in message
     save_official_checkpoint(tiny("lvsm-tiny"), tmp_path / "four_layers.pt")
     five_layers = dataclasses.replace(CONFIGS["lvsm-tiny"], n_layer=5)
     with pytest.raises(ManyviewError, match="four_layers.pt: .*missing keys: transformer_blocks.4"):
@@ -150,13 +163,13 @@ class NotATensor:
 
 
 def test_unreadable_files_raise_clear_errors(tmp_path):
-    with pytest.raises(ManyviewError, match="not found"):
+    with pytest.raises(ManyviewError, match="absent.pt: no such file or folder"):
         load_lvsm(tmp_path / "absent.pt", "lvsm-tiny")
     torch.save({"model": {"w": NotATensor()}}, tmp_path / "pickle.pt")
-    with pytest.raises(ManyviewError, match="pickle.pt: not a weights-only PyTorch checkpoint"):
+    with pytest.raises(ManyviewError, match="pickle.pt: refusing to load: this checkpoint is a pickle that carries"):
         read_state_dict(tmp_path / "pickle.pt")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
-    with pytest.raises(ManyviewError, match="junk.safetensors: not a readable safetensors file"):
+    with pytest.raises(ManyviewError, match="junk.safetensors: cannot read: damaged or not a safetensors file"):
         read_state_dict(tmp_path / "junk.safetensors")
     torch.save({"step": 3}, tmp_path / "nostate.pt")
     with pytest.raises(ManyviewError, match="no state dict"):
@@ -167,10 +180,23 @@ def test_unreadable_files_raise_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManyviewError, match="no config.json"):
         load_lvsm(tmp_path / "empty")
-    save_pretrained(tiny("lvsm-tiny"), tmp_path / "hf")
+    tiny("lvsm-tiny").save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text('{"variant": "decoder_only", "width": 3}')
-    with pytest.raises(ManyviewError, match=r"unknown LVSM config fields \['width'\]"):
-        load_pretrained(tmp_path / "hf")
+    with pytest.raises(ManyviewError, match=r"config.json: unknown LVSM config fields \['width'\]"):
+        LVSMDecoderOnly.from_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text('{"variant": "decoder_only", "d": 60, "d_head": 16}')
+    with pytest.raises(ManyviewError, match="config.json: LVSM width d=60 is not a multiple of d_head=16"):
+        load_lvsm(tmp_path / "hf")
+
+
+def test_config_json_with_the_architecture_label_still_loads(tmp_path):
+    """Folders written before the hub mixin (the bundled models among them) carry an ``architecture`` label."""
+    model = tiny("efficient-lvsm-tiny")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "architecture" not in config
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "Efficient-LVSM", **config}))
+    assert _same(load_lvsm(tmp_path), model)
 
 
 OFFICIAL_YAML = """

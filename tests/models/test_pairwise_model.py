@@ -223,3 +223,12 @@ def test_freeze_encoder_as_dust3r():
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith(("patch_embed.", "enc_blocks.")) for n in frozen)
     assert model.enc_norm.weight.requires_grad and model.decoder_embed.weight.requires_grad
+
+
+def test_infer_pairs_reports_progress_through_the_callback_and_prints_nothing(micro, capsys, monkeypatch):
+    monkeypatch.delenv("MANYVIEW_QUIET", raising=False)  # a progress bar of the model's own would now show
+    calls = []
+    micro.infer_pairs(_images(4), make_pairs(4, "complete"), batch_size=5, progress=lambda *a: calls.append(a))
+    assert calls == [(5, 12), (10, 12), (12, 12)]
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""

@@ -13,7 +13,8 @@ from manyview.errors import ManyviewError
 from manyview.geometry.alignment import apply_sim3, umeyama
 from manyview.geometry.projection import project
 from manyview.io.colmap import read_colmap
-from manyview.io.images import read_image, write_image
+from manyview.io.image_writers import write_image
+from manyview.io.images import read_image
 from manyview.metrics.pose import pose_metrics
 from manyview.recon.sfm import _largest, run_colmap_sfm
 from manyview.scene import Views

@@ -10,8 +10,8 @@ from manyview.geometry.projection import project
 from manyview.geometry.transforms import invert_rigid
 from manyview.models.fast3r import Fast3R, Fast3RConfig, _preset
 from manyview.train.config import OptimConfig, ScheduleConfig, TrainConfig
-from manyview.train.data import (EVAL_SEED_START, FolderDataset, SampleMaker, StreamConfig, eval_sample,
-                                 eval_scene_seed, fit_views, multiview_stream, views_for_group)
+from manyview.synth.samples import EVAL_SEED_START, eval_sample, eval_scene_seed
+from manyview.train.data import FolderDataset, SampleMaker, StreamConfig, multiview_stream, views_for_group
 from manyview.train.fast3r_task import Fast3RTask, Fast3RTaskConfig, preset
 from manyview.train.trainer import train
 
@@ -152,7 +152,7 @@ def test_folder_samples_mix_into_the_stream(dataset_folder):
 
 
 def test_folder_without_depth_is_refused_naming_it(tmp_path):
-    from manyview.io.images import write_image
+    from manyview.io.image_writers import write_image
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -160,13 +160,6 @@ def test_folder_without_depth_is_refused_naming_it(tmp_path):
         write_image(folder / f"{i}.png", torch.rand(3, 16, 16))
     with pytest.raises(ManyviewError, match="photos"):
         FolderDataset([folder], num_views=2, height=16, width=16)
-
-
-def test_fit_views_keeps_size_when_it_already_fits(dataset_folder):
-    _, views = dataset_folder
-    assert fit_views(views, 48, 64) is views
-    out = fit_views(views, 32, 32)
-    assert out.images.shape == (5, 3, 32, 32) and out.cameras.image_size[0].tolist() == [32, 32]
 
 
 # ------------------------------------------------------------------------------------------------ task

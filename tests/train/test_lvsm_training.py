@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from manyview.errors import ManyviewError
-from manyview.models.lvsm import normalize_poses
+from manyview.geometry.poses import normalize_poses
+from manyview.synth.samples import EVAL_SEED_START
 from manyview.train import TrainConfig, train
 from manyview.train.config import OptimConfig
-from manyview.train.data import EVAL_SEED_START
 from manyview.train.lvsm_task import (BUNDLED_MODELS, LVSMDataConfig, LVSMTask, LVSMTaskConfig, RE10KSource,
                                       TINY_MODELS, choose_frames, make_sample, preset)
 from manyview.train.perceptual import (_CONV, VGG19_ENV, PerceptualLoss, load_perceptual_loss,
@@ -259,7 +259,7 @@ def test_presets_fit_the_bundle_limit_and_compare_at_equal_depth():
     sizes = {}
     for variant, cfg in BUNDLED_MODELS.items():
         with torch.device("meta"):
-            from manyview.models.lvsm import build_model
+            from manyview.models.lvsm_family import build_model
 
             model = build_model(cfg)
         sizes[variant] = sum(p.numel() for p in model.parameters()) * 4 / 2**20
@@ -275,7 +275,7 @@ def test_presets_fit_the_bundle_limit_and_compare_at_equal_depth():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["lvsm", "efficient-lvsm"])
 def test_a_few_steps_lower_the_loss_and_export_a_loadable_model(variant, tmp_path):
-    from manyview.models.lvsm_weights import load_lvsm
+    from manyview.models.lvsm_family import load_lvsm
 
     run = preset(variant, "tiny")
     task_cfg = dataclasses.replace(run.task, data=dataclasses.replace(run.task.data, num_scenes=2, frames=6,

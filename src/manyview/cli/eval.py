@@ -1,8 +1,10 @@
-"""``manyview eval``: score reconstructions against ground truth (see :mod:`manyview.recon.evaluate`).
+"""``manyview eval``: score models against ground truth: reconstructions (:mod:`manyview.recon.evaluate`) and
+novel views (:mod:`manyview.nvs.evaluate`).
 
     manyview eval reconstruction                                  # bundled Fast3R and COLMAP, 4/8/16 views
     manyview eval reconstruction --weights runs/fast3r_bundled/final --views 8 --scenes 10 --no-colmap
-    manyview eval reconstruction --real /work/shared/data/real/family --views 8 --no-synthetic
+    manyview eval reconstruction --real data/real/family --views 8 --no-synthetic
+    manyview eval nvs --re10k re10k/test --index evaluation_index_re10k.json --weights model_dir
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
-from manyview.cli.nvs import EvalNVS
+from manyview.errors import ManyviewError, require
 
 
 @dataclass
@@ -45,17 +47,37 @@ class EvalReconstruction:
     synthetic: bool = True
     """Evaluate on held-out synthetic scenes (--no-synthetic with --real for photos only)."""
     real: tuple[Path, ...] = ()
-    """Folders of photos scored against COLMAP's poses of all their frames (e.g. /work/shared/data/real/family)."""
+    """Folders of photos scored against COLMAP's poses of all their frames (e.g. data/real/family)."""
     out: Path = Path("results/eval_reconstruction.json")
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
 
+    def __post_init__(self):
+        require(len(self.views) > 0 and all(n >= 2 for n in self.views), "--views", "counts of at least 2 views",
+                self.views)
+        require(self.scenes >= 1, "--scenes", "at least 1", self.scenes)
+        require(self.size >= 16 and self.size % 16 == 0, "--size", "a positive multiple of 16", self.size)
+        require(self.first_scene >= 0, "--first-scene", "at least 0", self.first_scene)
+        if self.threads is not None:
+            require(self.threads >= 1, "--threads", "at least 1", self.threads)
+
+    def interrupted(self) -> str:
+        return f"{self.out} was not written (it is written at the end)"
+
     def run(self) -> None:
         import torch
 
-        from manyview.io.atomic import atomic_open
+        from manyview.io.atomic import atomic_open, check_output_file
         from manyview.recon import evaluate as ev
 
+        if not (self.synthetic or self.real):
+            raise ManyviewError("nothing to evaluate: --no-synthetic needs --real FOLDER")
+        if not (self.fast3r or self.pairwise_weights or self.colmap or self.identity):
+            raise ManyviewError("no method to evaluate: --no-fast3r needs --pairwise-weights, --colmap or --identity")
+        check_output_file(self.out)
+        for folder in self.real:
+            if not folder.is_dir():
+                raise ManyviewError("--real needs a folder of photos", folder)
         if self.threads:
             torch.set_num_threads(self.threads)
         fast3r = ev.load_fast3r(self.weights, self.preset) if self.fast3r else None
@@ -79,15 +101,102 @@ class EvalReconstruction:
         if report.real:
             print()
             print(ev.markdown_table(report.real, ev.REAL_COLUMNS))
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.out, "w") as f:
             json.dump(report.to_json(), f, indent=1)
         print(f"\nwrote {self.out}")
 
 
-# A one-member Union would collapse into its member; the suppressed None keeps "reconstruction" a subcommand
-# (room for other evaluations) without showing up in the help.
+@dataclass
+class EvalNVS:
+    """Score LVSM / Efficient-LVSM (default: the bundled model) and two naive baselines (copy the nearest input
+    view; the mean of the inputs) by the pixelSplat protocol: PSNR, SSIM, LPIPS-VGG (n/a without its weights),
+    averaged over each scene's targets, then over scenes. Datasets: a RealEstate10K chunk folder with an evaluation
+    index (--re10k, --index), and held-out synthetic scenes (--synthetic N). Prints Markdown tables, writes JSON."""
+
+    weights: str | None = None
+    """A model folder, a released checkpoint, or a Hugging Face repo id; default: the bundled model."""
+    model: Literal["auto", "lvsm", "efficient-lvsm"] = "auto"
+    re10k: Path | None = None
+    """RealEstate10K chunk folder (pixelSplat layout: *.torch + index.json), e.g. re10k/test."""
+    index: Path | None = None
+    """Evaluation index JSON ({scene: {"context": [...], "target": [...]} | null}), e.g. pixelSplat's
+    evaluation_index_re10k.json."""
+    synthetic: int = 16
+    """Held-out synthetic scenes to score (0: none)."""
+    size: int | None = None
+    """Square evaluation size; default 256 for RealEstate10K (the protocol) and the model's training size for
+    synthetic scenes."""
+    limit: int | None = None
+    """Score at most this many RealEstate10K scenes (in index order)."""
+    lpips_weights: Path | None = None
+    """LPIPS weights (see manyview.metrics.image); default $MANYVIEW_LPIPS_WEIGHTS."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    target_batch_size: int | None = None
+    out: Path = Path("results/eval_nvs.json")
+
+    def __post_init__(self):
+        require(self.synthetic >= 0, "--synthetic", "at least 0", self.synthetic)
+        for option, value in (("--size", self.size), ("--limit", self.limit),
+                              ("--target-batch-size", self.target_batch_size)):
+            if value is not None:
+                require(value >= 1, option, "at least 1", value)
+
+    def interrupted(self) -> str:
+        return f"{self.out} was not written (it is written at the end)"
+
+    def run(self) -> None:
+        from manyview.cli.common import model_size
+        from manyview.device import resolve_device
+        from manyview.io.atomic import atomic_open, check_output_file
+        from manyview.nvs import evaluate as ev
+        from manyview.nvs.pipeline import load_nvs_model
+        from manyview.progress import progress
+        from manyview.train.lvsm_task import LVSMDataConfig
+
+        if self.re10k is None and self.synthetic <= 0:
+            raise ManyviewError("nothing to evaluate: pass --re10k FOLDER --index JSON and/or --synthetic N")
+        if (self.re10k is None) != (self.index is None):
+            raise ManyviewError("--re10k and --index go together (the chunk folder and its evaluation index)")
+        check_output_file(self.out)
+        model, source = load_nvs_model(self.weights, self.model, resolve_device(self.device))
+        report = {"model": model.config.describe(), "weights": source}
+        tables = []
+        if self.re10k is not None:
+            size = model_size(model, self.size or ev.PROTOCOL_SIZE)
+            if size != model.config.image_size:
+                print(f"note: evaluating at {size}x{size}; the model was trained at {model.config.image_size}")
+            info = {"protocol": f"pixelSplat index, LANCZOS + centre crop to {size}", "size": size}
+            examples = ev.re10k_examples(self.re10k, self.index, size, self.limit, info)
+            bar = progress(total=self.limit, desc="re10k")
+            try:
+                result = ev.evaluate(model, examples, f"RealEstate10K ({self.re10k})", self.lpips_weights,
+                                     self.target_batch_size, progress=lambda i: bar.update(1))
+            finally:
+                bar.close()
+            result.info.update(info)
+            report["re10k"] = result.to_dict()
+            tables.append(result.markdown())
+        if self.synthetic > 0:
+            size = model_size(model, self.size)
+            data = LVSMDataConfig(image_size=size)
+            bar = progress(total=self.synthetic, desc="synthetic")
+            try:
+                result = ev.evaluate(model, ev.synthetic_examples(data, self.synthetic), "held-out synthetic scenes",
+                                     self.lpips_weights, self.target_batch_size, progress=lambda i: bar.update(1))
+            finally:
+                bar.close()
+            result.info.update(protocol=f"2 inputs (window ends), 3 targets between them, {size}x{size}",
+                               size=size, frames=data.frames, kinds=list(data.kinds))
+            report["synthetic"] = result.to_dict()
+            tables.append(result.markdown())
+        print(f"\n{model.config.describe()} ({source})\n")
+        print("\n\n".join(tables))
+        with atomic_open(self.out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+            fh.write("\n")
+        print(f"\nwrote {self.out}")
+
+
 Eval = Union[Annotated[EvalReconstruction, tyro.conf.subcommand("reconstruction", default=EvalReconstruction())],
-             Annotated[EvalNVS, tyro.conf.subcommand("nvs", default=EvalNVS())],
-             Annotated[None, tyro.conf.Suppress]]
-"""The ``eval`` command: ``manyview eval reconstruction [options]``."""
+             Annotated[EvalNVS, tyro.conf.subcommand("nvs", default=EvalNVS())]]
+"""The ``eval`` command: ``manyview eval {reconstruction,nvs} [options]``."""

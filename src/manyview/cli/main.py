@@ -2,20 +2,32 @@
 
 Each subcommand lives in its own module as a dataclass with a ``run()`` method; the dataclass is the whole
 interface, so ``manyview synth --help`` documents exactly the fields a Python user would set. This module only
-dispatches and turns errors into one line: ``ManyviewError`` (bad input) exits 2, anything else exits 1, and
-``--debug`` (anywhere on the command line) shows the traceback instead.
+dispatches and turns errors into one line: ``ManyviewError`` (bad input) exits 2, anything else exits 1, Ctrl-C
+exits 130 saying what the command kept, and ``--debug`` (anywhere on the command line) shows the traceback
+instead.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated, Any, Union
 
 import tyro
 
-from manyview.errors import ManyviewError
+from manyview.errors import InvalidValue, ManyviewError
+
+DEBUG_NOTE = "Add --debug to any command for the full traceback of an error."
+
+# Commands that choose among subcommands (a Union) have no docstring of their own to show in ``manyview --help``.
+_DESCRIPTIONS = {
+    "train": "Train a model with the shared trainer (one process, or many under torchrun): fast3r, lvsm, "
+             "efficient-lvsm or toy, then a preset (tiny, bundled) whose every field can be overridden.",
+    "eval": "Score models against ground truth: reconstruction (poses, geometry) or nvs (PSNR, SSIM, LPIPS), "
+            "beside COLMAP and naive baselines.",
+}
 
 
-def _commands() -> dict[str, type]:
+def _commands() -> dict[str, Any]:
     from manyview.cli.eval import Eval
     from manyview.cli.info import Info
     from manyview.cli.nvs import NVS
@@ -24,6 +36,7 @@ def _commands() -> dict[str, type]:
     from manyview.cli.splat import Splat
     from manyview.cli.synth import Synth
     from manyview.cli.train import Train
+    from manyview.cli.view import View
 
     return {
         "synth": Synth,
@@ -34,7 +47,20 @@ def _commands() -> dict[str, type]:
         "eval": Eval,
         "splat": Splat,
         "render": Render,
+        "view": View,
     }
+
+
+def _parse(args: list[str]):
+    commands = _commands()
+    choices = tuple(Annotated[Any, tyro.conf.subcommand(name=name, constructor=command,
+                                                        description=_DESCRIPTIONS.get(name))]
+                    for name, command in commands.items())
+    return tyro.cli(
+        Union[choices],  # type: ignore[valid-type]
+        args=args, prog="manyview",
+        description="Multi-view 3D vision: reconstruction, novel view synthesis, features, Gaussian splatting.",
+    )
 
 
 def _preset_as_subcommand(args: list[str]) -> list[str]:
@@ -49,29 +75,58 @@ def _preset_as_subcommand(args: list[str]) -> list[str]:
     return args
 
 
+def _option_as_typed(name: str, args: list[str]) -> str:
+    """The option the user typed for the setting ``name`` (``--iterations``, ``--train.steps``), else ``name``."""
+    if name.startswith("-"):
+        return name
+    wanted = {name, name.replace("_", "-")}
+    for arg in args:
+        if arg.startswith("--"):
+            option = arg.split("=", 1)[0]
+            if option[2:] in wanted or option.rsplit(".", 1)[-1] in wanted:
+                return option
+    return name
+
+
+def _message(error: ManyviewError, args: list[str]) -> str:
+    if isinstance(error, InvalidValue):
+        return error.named(_option_as_typed(error.name, args))
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from manyview.progress import end_bars
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = _preset_as_subcommand([a for a in args if a != "--debug"])
+    command = None
     try:
-        command = tyro.extras.subcommand_cli_from_dict(
-            _commands(), args=args, prog="manyview",
-            description="Multi-view 3D vision: reconstruction, novel view synthesis, features, Gaussian splatting. "
-                        "Add --debug to any command for full tracebacks.",
-        )
+        command = _parse(args)
         command.run()
+    except SystemExit as stop:
+        if stop.code == 0 and ("--help" in args or "-h" in args):
+            print(DEBUG_NOTE)  # under every command's help
+        raise
     except ManyviewError as error:
+        end_bars()
         if debug:
             raise
-        print(f"manyview: error: {error}", file=sys.stderr)
+        print(f"manyview: error: {_message(error, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("manyview: interrupted; no partial output was kept", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence for a command-line tool
+        end_bars()
         if debug:
             raise
-        print(f"manyview: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+        kept = getattr(command, "interrupted", None)
+        print(f"manyview: interrupted; {kept() if kept else 'nothing was written'}", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence for a command-line tool
+        end_bars()
+        if debug:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"manyview: internal error: {type(error).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
     return 0

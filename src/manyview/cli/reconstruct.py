@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
-from manyview.errors import ManyviewError
+from manyview.errors import ManyviewError, require
+from manyview.recon.global_alignment import GlobalAlignmentConfig
 
 
-def bundled_model_dir() -> Path:
-    """Where the package keeps its bundled Fast3R (config.json + model.safetensors), when it ships one."""
-    return Path(str(resources.files("manyview").joinpath("assets", "fast3r_bundled")))
+@dataclass
+class _GlobalAlignment(GlobalAlignmentConfig):
+    """The library's global-alignment settings, its iteration count under the option name it always had."""
+
+    iterations: Annotated[int, tyro.conf.arg(name="ga-iterations", prefix_name=False,
+                                             help="Pairwise: global alignment iterations.")] = \
+        GlobalAlignmentConfig.iterations
 
 
 @dataclass
@@ -60,17 +64,32 @@ class Reconstruct:
     """Fast3R: seed of the random image-index draw (default: indices in input order)."""
     graph: str = "complete"
     """Pairwise: pair graph (complete, swin-K, logwin-K, oneref-R)."""
-    ga_iterations: int = 300
-    """Pairwise: global alignment iterations."""
     batch_size: int = 8
     """Pairwise: pairs per network batch."""
+    ga: Annotated[_GlobalAlignment, tyro.conf.arg(name="ga", help="Pairwise: global alignment (DUSt3R's optimiser).")
+                  ] = field(default_factory=_GlobalAlignment)
+
+    def __post_init__(self):
+        if self.max_views is not None:
+            require(self.max_views >= 1, "--max-views", "at least 1", self.max_views)
+        if self.size is not None:
+            require(self.size >= 16 and self.size % 16 == 0, "--size", "a positive multiple of 16", self.size)
+        require(0 <= self.min_conf_percentile <= 100, "--min-conf-percentile", "between 0 and 100",
+                self.min_conf_percentile)
+        require(self.max_points >= 1, "--max-points", "at least 1", self.max_points)
+        require(self.ga.iterations >= 0, "--ga-iterations", "at least 0", self.ga.iterations)
+        require(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
+
+    def interrupted(self) -> str:
+        from manyview.cli.common import left_as_it_was
+
+        return left_as_it_was(self.out)
 
     def run(self) -> None:
-        from manyview.io.atomic import atomic_directory, atomic_open
+        from manyview.cli.common import image_files
+        from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder
         from manyview.io.dataset import MARKER, write_dataset
         from manyview.io.gltf import write_glb
-        from manyview.io.images import list_images
-        from manyview.recon import GlobalAlignmentConfig
         from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise, select_views
         from manyview.scene import Views
 
@@ -80,11 +99,10 @@ class Reconstruct:
             raise ManyviewError("no images given: pass a folder of images or image files (or --sample)")
         if self.images and self.sample:
             raise ManyviewError("give IMAGES or --sample, not both")
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-            raise ManyviewError("refusing to replace: not an empty folder or an earlier manyview output", out)
-        if self.max_points < 1:
-            raise ManyviewError(f"--max-points must be >= 1, got {self.max_points}")
+        check_output_folder(out, MARKER)
+        files = [] if self.sample else image_files(self.images, "IMAGES")
         net, kind, weights = self._load_model()
+        self._check_options_apply(kind)
         truth = None
         if self.sample:
             truth = self._sample_views(self._size(net, kind))
@@ -92,8 +110,8 @@ class Reconstruct:
             truth = truth[chosen]
             images, names = truth.images, list(truth.names)
         else:
-            files = list_images(self.images[0]) if len(self.images) == 1 and self.images[0].is_dir() else self.images
             files = [files[i] for i in select_views(len(files), self.max_views)]
+            _check_image_sizes(files, net.patch_size)
             # Every image is decoded before anything runs: a corrupt file fails here, naming it, nothing written.
             images, names = load_inputs(files, size=self._size(net, kind), patch_size=net.patch_size)
         if kind == "fast3r":
@@ -101,7 +119,7 @@ class Reconstruct:
                               min_conf_percentile=self.min_conf_percentile)
         else:
             rec = reconstruct_pairwise(images, net, graph=self.graph,
-                                       ga=GlobalAlignmentConfig(iterations=self.ga_iterations),
+                                       ga=self.ga,
                                        batch_size=self.batch_size, device=self.device, dtype=self.dtype,
                                        min_conf_percentile=self.min_conf_percentile)
         rec_names = names
@@ -140,11 +158,11 @@ class Reconstruct:
     @staticmethod
     def _sample_views(size: int):
         """The embedded sample scene, resized and centre-cropped to a size x size square like loaded photos."""
+        from manyview.scene import resize_views
         from manyview.synth import sample_scene
-        from manyview.train.data import fit_views
 
         _, views = sample_scene()
-        return fit_views(views, size, size)
+        return resize_views(views, size, size)
 
     def _size(self, net, kind: str) -> int:
         from manyview.models.fast3r import training_image_size
@@ -153,27 +171,55 @@ class Reconstruct:
             return self.size
         return training_image_size(net.config) if kind == "fast3r" else 512
 
+    def _check_options_apply(self, kind: str) -> None:
+        """An option of the other model would silently do nothing: refuse it, saying which model is in use."""
+        defaults = Reconstruct()
+        if kind == "fast3r":
+            unused = [option for option, same in (("--graph", self.graph == defaults.graph),
+                                                  ("--batch-size", self.batch_size == defaults.batch_size),
+                                                  ("--ga-iterations / --ga.*", self.ga == defaults.ga)) if not same]
+        else:
+            unused = ["--seed"] if self.seed is not None else []
+        if unused:
+            other, this = ("pairwise", "Fast3R") if kind == "fast3r" else ("Fast3R", "pairwise")
+            what = "is an option" if len(unused) == 1 else "are options"
+            raise ManyviewError(f"{', '.join(unused)} {what} of the {other} model; these weights are {this}")
+
     def _load_model(self):
         """-> (network, 'fast3r' | 'pairwise', weights description)."""
-        from manyview.hub import CONFIG_NAME, read_config, resolve
+        from manyview.assets import bundled_model_dir
+        from manyview.hub import CONFIG_NAME, open_checkpoint
         from manyview.models.fast3r import Fast3R
         from manyview.models.pairwise import PairwiseNet
 
         if self.weights is None:
-            bundled = bundled_model_dir()
-            if self.model == "pairwise" or not (bundled / CONFIG_NAME).is_file():
+            bundled = bundled_model_dir("fast3r")
+            if self.model == "pairwise" or bundled is None:
                 what = ("no bundled pairwise model" if self.model == "pairwise"
                         else "no bundled model in this installation")
                 raise ManyviewError(f"{what}; pass --weights NAME_OR_PATH (a folder with config.json and "
                                     "model.safetensors, or a Hugging Face repo id)")
             return Fast3R.from_pretrained(bundled), "fast3r", "bundled:fast3r_bundled"
-        path = resolve(self.weights)
+        # the weights are read first: a file that is no usable checkpoint (a pickle carrying code, a damaged
+        # file) is named as such, whatever else is missing
+        checkpoint = open_checkpoint(self.weights)
         kind = self.model
         if kind == "auto":
-            config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
-            if not config_path.is_file():
-                raise ManyviewError(f"no {CONFIG_NAME} to tell the model type; pass --model fast3r or pairwise",
-                                    config_path)
-            kind = "fast3r" if "encoder_args" in read_config(config_path) else "pairwise"
+            if checkpoint.config is None:
+                raise ManyviewError(f"no {CONFIG_NAME} beside these weights to tell the model type; pass --model "
+                                    "fast3r or pairwise", checkpoint.source)
+            kind = "fast3r" if "encoder_args" in checkpoint.config else "pairwise"
         cls = Fast3R if kind == "fast3r" else PairwiseNet
-        return cls.from_pretrained(path), kind, str(self.weights)
+        return cls.from_checkpoint(checkpoint), kind, str(self.weights)
+
+
+def _check_image_sizes(files: list[Path], min_side: int) -> None:
+    """Refuse images smaller than one network patch: scaled up to the input size they hold no structure, and the
+    network would still return a dense (meaningless) point cloud."""
+    from manyview.io.images import read_image_size
+
+    for file in files:
+        h, w = read_image_size(file)
+        if min(h, w) < min_side:
+            raise ManyviewError(f"image is {w}x{h} pixels; reconstruct needs at least {min_side} on each side (one "
+                                "network patch)", file)

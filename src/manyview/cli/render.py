@@ -6,26 +6,34 @@
 
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
+from manyview.errors import ManyviewError, require
+
+# Written last into every render folder: marks it as manyview's own, so a later render may replace it.
+RENDER_MARKER = "render.json"
+
 
 @dataclass
 class Render:
-    """Render a 3DGS PLY to OUT/00000.png ... (each written atomically), plus OUT/video.mp4 when imageio-ffmpeg
-    is installed.
+    """Render a 3DGS PLY to OUT/00000.png ..., plus OUT/video.mp4 when imageio-ffmpeg is installed, and
+    OUT/render.json (what was rendered).
 
     Cameras: --cameras (COLMAP model, transforms.json or dataset folder) renders those views; --orbit N renders N
     views on a circle through the cameras' mean centre looking at the scene centre, using --cameras or, without
-    it, the transforms.json that ``manyview splat`` writes beside the PLY.
+    it, the transforms.json that ``manyview splat`` writes beside the PLY. OUT is built under a temporary name
+    and renamed at the end; it replaces an earlier render, never a folder that holds other files.
     """
 
     scene: tyro.conf.Positional[Path]
     """The 3DGS PLY."""
     out: Path
-    """Output folder for the PNGs."""
+    """Output folder for the PNGs (new, empty, or an earlier render's)."""
     cameras: Path | None = None
     orbit: int = 0
     """Number of orbit views (0: render --cameras as they are)."""
@@ -33,18 +41,37 @@ class Render:
     height: int | None = None
     """Output size (default: the cameras'; one of the two keeps the aspect ratio)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """RGB in [0, 1] behind the Gaussians."""
     fps: int = 30
+
+    def __post_init__(self):
+        require(self.orbit >= 0, "--orbit", "at least 0", self.orbit)
+        for option, value in (("--width", self.width), ("--height", self.height)):
+            if value is not None:
+                require(value >= 1, option, "at least 1", value)
+        require(all(0 <= c <= 1 for c in self.background), "--background", "three numbers between 0 and 1",
+                self.background)
+        require(self.fps >= 1, "--fps", "at least 1", self.fps)
+
+    def interrupted(self) -> str:
+        from manyview.cli.common import left_as_it_was
+
+        return left_as_it_was(self.out)
 
     def run(self) -> None:
         import torch
 
-        from manyview.errors import ManyviewError
-        from manyview.io.images import write_image
-        from manyview.nvs.pipeline import orbit_cameras, read_cameras
+        from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder
+        from manyview.io.dataset import read_cameras
+        from manyview.io.image_writers import write_image
+        from manyview.io.video import open_video
         from manyview.progress import progress
         from manyview.splat import read_ply, render
 
+        check_output_folder(self.out, RENDER_MARKER)
         gaussians = read_ply(self.scene)
+        if len(gaussians) == 0:
+            raise ManyviewError("holds no Gaussians: there is nothing to render", self.scene)
         source = self.cameras
         if source is None:
             source = self.scene.parent / "transforms.json"
@@ -52,26 +79,31 @@ class Render:
                 raise ManyviewError("no cameras: pass --cameras (COLMAP model, transforms.json or dataset folder); "
                                     "manyview splat writes transforms.json beside its PLY", self.scene)
         cams, _ = read_cameras(source)
-        if self.orbit < 0:
-            raise ManyviewError(f"--orbit must be >= 0, got {self.orbit}")
+        if len(cams) == 0:
+            raise ManyviewError("no cameras in this file or folder", source)
         if self.orbit:
-            cams = orbit_cameras(cams, self.orbit)
+            cams = cams.orbit(self.orbit)
         cams = _resize(cams, self.width, self.height).to(torch.float32)
-        self.out.mkdir(parents=True, exist_ok=True)
         background = torch.tensor(self.background, dtype=torch.float32)
-        frames = []
-        for i in progress(range(len(cams)), desc="render"):
-            with torch.no_grad():
-                rgb = render(gaussians, cams[i:i + 1], background=background).rgb[0].clamp(0, 1)
-            write_image(self.out / f"{i:05d}.png", rgb)
-            frames.append((rgb.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-        video = _write_video(self.out / "video.mp4", frames, self.fps)
-        print(f"wrote {len(frames)} images to {self.out}" + (f" and {video}" if video else ""))
+        with atomic_directory(self.out) as tmp:
+            with open_video(tmp / "video.mp4", self.fps) if len(cams) >= 2 else nullcontext() as video:
+                for i in progress(range(len(cams)), desc="render"):
+                    with torch.no_grad():
+                        rgb = render(gaussians, cams[i:i + 1], background=background).rgb[0].clamp(0, 1)
+                    write_image(tmp / f"{i:05d}.png", rgb)
+                    if video is not None:
+                        video.add(rgb)
+            h, w = (int(v) for v in cams.image_size.reshape(-1, 2)[0])
+            record = {"format": "manyview-render", "scene": str(self.scene), "cameras": str(source),
+                      "orbit": self.orbit, "frames": len(cams), "size": [h, w], "background": list(self.background),
+                      "video": "video.mp4" if video is not None else None}
+            with atomic_open(tmp / RENDER_MARKER, "w", encoding="utf-8") as fh:
+                json.dump(record, fh, indent=1)
+                fh.write("\n")
+        print(f"wrote {len(cams)} images to {self.out}" + (f" and {self.out / 'video.mp4'}" if video else ""))
 
 
 def _resize(cams, width: int | None, height: int | None):
-    from manyview.errors import ManyviewError
-
     if width is None and height is None:
         return cams
     h0, w0 = (int(v) for v in cams.image_size.reshape(-1, 2)[0])
@@ -79,26 +111,4 @@ def _resize(cams, width: int | None, height: int | None):
         width = max(1, round(w0 * height / h0))
     if height is None:
         height = max(1, round(h0 * width / w0))
-    if width < 1 or height < 1:
-        raise ManyviewError(f"--width and --height must be positive, got {width}x{height}")
     return cams.resized(height, width)
-
-
-def _write_video(path: Path, frames: list, fps: int) -> Path | None:
-    """An H.264 mp4 of ``frames`` (H, W, 3) uint8 via imageio-ffmpeg, atomically; None when it is not installed."""
-    import importlib.util
-
-    if len(frames) < 2 or importlib.util.find_spec("imageio_ffmpeg") is None:
-        return None
-    import imageio_ffmpeg
-
-    from manyview.io.atomic import atomic_path
-
-    h, w = frames[0].shape[:2]
-    with atomic_path(path, suffix=".mp4") as tmp:
-        writer = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, macro_block_size=1)
-        writer.send(None)
-        for frame in frames:
-            writer.send(frame.tobytes())
-        writer.close()
-    return path

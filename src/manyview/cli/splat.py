@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import tyro
+
+from manyview.errors import require
+from manyview.splat.trainer import SplatTrainConfig
 
 
 @dataclass
@@ -19,75 +23,43 @@ class Splat:
 
     Writes OUT/splat.ply (3DGS PLY), OUT/eval.json (held-out PSNR/SSIM/LPIPS), OUT/transforms.json (the cameras,
     for ``manyview render --orbit``) and OUT/checkpoints/ (the latest checkpoint; --resume continues from it).
+    OUT must be new, empty or an earlier run's. Ctrl-C keeps the checkpoints written so far.
     """
 
     dataset: tyro.conf.Positional[Path]
     """Posed dataset folder (or transforms.json)."""
     out: Path
-    """Output folder."""
-    iterations: int = 30_000
+    """Output folder (new, empty, or an earlier splat run's)."""
     resume: bool = False
     """Continue from the latest checkpoint in OUT (start fresh when there is none)."""
     max_width: int = 480
     """Images wider than this are downscaled (aspect kept; cameras follow). 0 keeps the full size."""
-    sh_degree: int = 3
-    eval_every: int = 0
-    """Held-out PSNR every N steps into eval.json's history (0: only at the end)."""
-    checkpoint_every: int = 1000
-    scale_schedule: bool = True
-    """Shorter runs than 30k steps densify over the same fraction of their length (refine from 500 x k to
-    15000 x k steps, opacity reset every 3000 x k, k = iterations / 30000), as gsplat's steps_scaler."""
-    random_background: bool = False
-    random_init_points: int = 10_000
-    """Random Gaussians in the cameras' bounding box when the dataset has no points."""
-    seed: int = 0
+    # the library's config, its fields as top-level options (--iterations, --sh-degree, ...); the command turns
+    # the schedule scaling on
+    config: Annotated[SplatTrainConfig, tyro.conf.arg(name="")] = field(
+        default_factory=lambda: SplatTrainConfig(scale_schedule=True))
+
+    def __post_init__(self):
+        require(self.max_width >= 0, "--max-width", "at least 0 (0 keeps the full size)", self.max_width)
+
+    def interrupted(self) -> str:
+        return (f"the checkpoints written so far are kept in {self.out / 'checkpoints'} (continue with --resume); "
+                "splat.ply and eval.json are written at the end")
 
     def run(self) -> None:
-        from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
+        from manyview.splat.data import load_training_views
+        from manyview.splat.trainer import SplatTrainer, check_run_folder
 
-        views, points = load_training_data(self.dataset, self.max_width)
-        config = SplatTrainConfig(iterations=self.iterations, sh_degree=self.sh_degree, eval_every=self.eval_every,
-                                  checkpoint_every=self.checkpoint_every, random_background=self.random_background,
-                                  scale_schedule=self.scale_schedule,
-                                  random_init_points=self.random_init_points, seed=self.seed)
-        trainer = SplatTrainer(views, self.out, config, points=points)
+        check_run_folder(self.out)  # before the dataset is read: a refused folder costs nothing
+        views, points = load_training_views(self.dataset, self.max_width)
+        trainer = SplatTrainer(views, self.out, self.config, points=points)
         init = "random" if points is None else f"{len(points.xyz)} dataset points"
         print(f"training {len(trainer.train_ids)} views ({views.height}x{views.width}), {len(trainer.test_ids)} "
               f"held out, from {init}")
         result = trainer.train(resume=self.resume)
         if trainer.resumed_from is not None:
             print(f"resumed from the checkpoint at step {trainer.resumed_from}")
-        scores = ", ".join(f"{k.upper()} {result[k]:.4f}" for k in ("psnr", "ssim", "lpips") if result.get(k) is not None)
+        scores = ", ".join(f"{k.upper()} {result[k]:.4f}" for k in ("psnr", "ssim", "lpips")
+                           if result.get(k) is not None)
         print(f"wrote {self.out / 'splat.ply'} ({result['gaussians']} Gaussians, {result['step']} steps, "
               f"{result['train_seconds']:.0f} s){'; held-out ' + scores if scores else ''}")
-
-
-def load_training_data(path: Path, max_width: int = 480):
-    """(Views downscaled to at most ``max_width``, PointCloud or None) of a posed dataset."""
-    import torch
-    import torch.nn.functional as F
-
-    from manyview.errors import ManyviewError
-    from manyview.io.dataset import detect_format, load_dataset, load_points
-    from manyview.scene import Views
-
-    fmt = detect_format(path)
-    if fmt == "images":
-        raise ManyviewError("this is an image folder without camera poses; estimate them first with `manyview "
-                            "reconstruct` (or manyview.recon.sfm.run_colmap_sfm) and train on its output", path)
-    if fmt not in ("manyview", "colmap", "transforms_json"):
-        raise ManyviewError(f"manyview splat needs a posed dataset (COLMAP, transforms.json or manyview), got {fmt}",
-                            path)
-    views = load_dataset(path)
-    if views.cameras is None:
-        raise ManyviewError("this dataset has no camera poses; estimate them first with `manyview reconstruct`", path)
-    h, w = views.height, views.width
-    if max_width and w > max_width:
-        nh = max(1, round(h * max_width / w))
-        images = F.interpolate(views.images, size=(nh, max_width), mode="bilinear", antialias=True,
-                               align_corners=False).clamp(0, 1)
-        views = Views(images=images, cameras=views.cameras.resized(nh, max_width), names=views.names)
-    points = load_points(path) if fmt in ("manyview", "colmap") else None
-    if points is not None and len(points.xyz) == 0:
-        points = None
-    return Views(images=views.images, cameras=views.cameras.to(torch.float32), names=views.names), points

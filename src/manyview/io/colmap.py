@@ -27,8 +27,9 @@ import torch
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory
-from manyview.io.images import ImageLoadPolicy, open_image, apply_to_cameras, load_image_files, natural_key
-from manyview.scene import Cameras, PointCloud, Views
+from manyview.io.image_decode import open_image
+from manyview.io.images import ImageLoadPolicy, load_image_files, natural_key
+from manyview.scene import Cameras, PointCloud, Views, apply_to_cameras
 
 _MODEL_NAMES = {f"{stem}{ext}" for stem in ("cameras", "images", "points3D", "rigs", "frames")
                 for ext in (".bin", ".txt")} | {"project.ini"}

@@ -1,4 +1,5 @@
-"""One entry point for scene folders: detect the format, load ``Views``, describe, and write manyview's layout.
+"""One entry point for scene folders: detect the format, load ``Views`` (or only their cameras), describe, and
+write manyview's layout.
 
 ``write_dataset`` writes the layout ``manyview synth`` produces, readable by COLMAP, nerfstudio and manyview::
 
@@ -28,12 +29,13 @@ import torch
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory, atomic_open
 from manyview.io.colmap import find_colmap_model, read_colmap, read_colmap_dataset, write_colmap
-from manyview.io.images import (ImageLoadPolicy, open_image, apply_to_cameras, is_image_file, list_images,
-                                load_image_files, load_images, read_depth, read_mask, write_depth, write_image,
-                                write_mask)
+from manyview.io.image_decode import open_image
+from manyview.io.image_writers import write_image
+from manyview.io.images import ImageLoadPolicy, is_image_file, list_images, load_image_files, load_images
+from manyview.io.pixel_maps import read_depth, read_mask, write_depth, write_mask
 from manyview.io.ply import read_ply, write_ply
 from manyview.io.transforms_json import parse_transforms_json, read_transforms_json, write_transforms_json
-from manyview.scene import PointCloud, Views
+from manyview.scene import Cameras, PointCloud, Views, apply_to_cameras
 
 MARKER = "manyview.json"
 FORMAT_NAME = "manyview-dataset"
@@ -77,6 +79,26 @@ def _has_images(folder: Path) -> bool:
 
 def _transforms_file(p: Path) -> Path:
     return p if p.is_file() else next(p / n for n in _TRANSFORMS_NAMES if (p / n).is_file())
+
+
+def read_cameras(path: str | os.PathLike) -> tuple[Cameras, list[str]]:
+    """Cameras (N,) in float64 at their images' file sizes, and their image names, without decoding any image:
+    from a COLMAP model folder, a transforms.json, or a dataset folder holding either (:func:`detect_format`)."""
+    p = Path(path)
+    if not p.exists():
+        raise ManyviewError("camera file or folder not found", p)
+    if p.is_file() and p.suffix.lower() != ".json":
+        raise ManyviewError("expected a transforms.json, a COLMAP model folder or a dataset folder", p)
+    fmt = detect_format(p)
+    model_dir = find_colmap_model(p) if fmt in ("manyview", "colmap") else None
+    if model_dir is not None:
+        model = read_colmap(model_dir, dtype=torch.float64)
+        return model.cameras, model.names
+    if fmt == "transforms_json":
+        tj = parse_transforms_json(_transforms_file(p))
+        return tj.cameras.to(torch.float64), tj.names
+    raise ManyviewError("no cameras here: expected a COLMAP model (sparse/0), a transforms.json or a manyview dataset",
+                        p)
 
 
 def load_dataset(path: str | os.PathLike, policy: ImageLoadPolicy | None = None) -> Views:

@@ -30,9 +30,11 @@ from torch import Tensor
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory, atomic_open, atomic_path
-from manyview.io.images import (ImageLoadPolicy, open_image, apply_to_cameras, encode_jpeg, load_image_bytes,
-                                load_image_files, natural_key, write_image)
-from manyview.scene import Cameras, Views
+from manyview.io.tensor_files import read_pickle
+from manyview.io.image_decode import open_image
+from manyview.io.image_writers import encode_jpeg, write_image
+from manyview.io.images import ImageLoadPolicy, load_image_bytes, load_image_files, natural_key
+from manyview.scene import Cameras, Views, apply_to_cameras
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,9 @@ def read_chunk(path: str | os.PathLike) -> list[RE10KScene]:
     if not path.is_file():
         raise ManyviewError("chunk file not found" if not path.exists() else "not a file", path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for foreign objects, RuntimeError / EOFError for corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ManyviewError(f"cannot load chunk safely (weights_only): {first}", path) from None
+        data = read_pickle(path, what="chunk")
+    except ManyviewError as e:  # a pickle carrying code, or a damaged file
+        raise ManyviewError(f"cannot load chunk safely (weights_only): {e.message}", path) from None
     if not isinstance(data, list):
         raise ManyviewError(f"chunk holds a {type(data).__name__}, expected a list of scenes", path)
     return [_scene_from_dict(item, str(path), i) for i, item in enumerate(data)]

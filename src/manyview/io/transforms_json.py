@@ -25,9 +25,9 @@ import torch
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_open
-from manyview.io.images import (IMAGE_EXTENSIONS, ImageLoadPolicy, apply_to_cameras, load_image_files, read_depth,
-                                read_image_size, read_mask)
-from manyview.scene import Cameras, Views
+from manyview.io.images import IMAGE_EXTENSIONS, ImageLoadPolicy, load_image_files, read_image_size
+from manyview.io.pixel_maps import read_depth, read_mask
+from manyview.scene import Cameras, Views, apply_to_cameras
 
 _DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
 _UNSUPPORTED_MODELS = ("OPENCV_FISHEYE", "EQUIRECTANGULAR", "FISHEYE624")

@@ -13,7 +13,8 @@ downloaded here. Point ``MANYVIEW_LPIPS_WEIGHTS`` (or the ``weights`` argument) 
   ``lin{0..4}.model.1.weight``) and torchvision's ImageNet backbone (``alexnet-*.pth`` / ``vgg16-*.pth``, keys
   ``features.{i}.weight|bias``), or
 - one ``.safetensors`` file holding both key sets.
-``.pth`` files are read with ``torch.load(weights_only=True)``. Without weights ``lpips_available()`` is False and
+Files are read and checked by the one weights loader (:mod:`manyview.hub`: safetensors or
+``torch.load(weights_only=True)``, strict keys and shapes). Without weights ``lpips_available()`` is False and
 ``lpips()`` raises ``ManyviewError``; callers report "n/a".
 """
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
+from manyview.hub import load_weights, read_state_dict
 
 LPIPS_ENV = "MANYVIEW_LPIPS_WEIGHTS"
 LpipsNet = Literal["alex", "vgg"]
@@ -135,8 +137,9 @@ class _LPIPS(nn.Module):
             self.lins = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in chans)
         self.features = nn.Sequential(*layers)
         self.taps = taps
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        # constants of LPIPS, not part of its weight files
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
 
     def _taps(self, x: Tensor) -> list[Tensor]:
         out = []
@@ -152,17 +155,6 @@ class _LPIPS(nn.Module):
         return sum(lin((x - y).square()).mean((1, 2, 3)) for lin, x, y in zip(self.lins, fa, fb))
 
 
-def _read(path: Path) -> dict[str, Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code in it, ...
-        raise ManyviewError(f"cannot read LPIPS weights ({exc})", path) from exc
-
-
 def _weights_location(weights: str | os.PathLike | None) -> Path | None:
     loc = weights if weights is not None else os.environ.get(LPIPS_ENV)
     return None if not loc else Path(loc)
@@ -171,7 +163,7 @@ def _weights_location(weights: str | os.PathLike | None) -> Path | None:
 def _gather_state(loc: Path, net: LpipsNet) -> dict[str, Tensor]:
     """Combined state dict {features.*, lin{k}.model.1.weight} from a file or a directory."""
     if loc.is_file():
-        return _read(loc)
+        return read_state_dict(loc)[0]
     if not loc.is_dir():
         raise ManyviewError(f"LPIPS weights not found; set {LPIPS_ENV} to a directory with {net}.pth (lpips) and "
                             f"torchvision's {_BACKBONE_GLOB[net]}.pth, or to one .safetensors with both", loc)
@@ -180,8 +172,8 @@ def _gather_state(loc: Path, net: LpipsNet) -> dict[str, Tensor]:
     if not lin.is_file() or not backbones:
         raise ManyviewError(f"LPIPS weights incomplete: need {net}.pth (lpips linear layers) and torchvision's "
                             f"{_BACKBONE_GLOB[net]}.pth backbone in this directory", loc)
-    state = {k: v for k, v in _read(backbones[0]).items() if k.startswith("features.")}
-    state.update(_read(lin))
+    state = {k: v for k, v in read_state_dict(backbones[0])[0].items() if k.startswith("features.")}
+    state.update(read_state_dict(lin)[0])
     return state
 
 
@@ -190,20 +182,12 @@ def _load_lpips(loc: str, net: LpipsNet) -> _LPIPS:
     model = _LPIPS(net)
     state = _gather_state(Path(loc), net)
     mapped = {}
-    for key, value in state.items():
+    for key, value in state.items():  # a torchvision classifier beside the backbone is not LPIPS: left out
         if key.startswith("features."):
-            mapped[key] = value
+            mapped[key] = value.float()
         elif key.startswith("lin") and key.endswith(".model.1.weight"):
-            mapped[f"lins.{key[3:key.index('.')]}.weight"] = value
-    expected = {k for k in model.state_dict() if k not in ("shift", "scale")}
-    missing = sorted(expected - mapped.keys())
-    if missing:
-        raise ManyviewError(f"LPIPS ({net}) weights lack {len(missing)} tensors, e.g. {missing[:3]}", loc)
-    try:
-        model.load_state_dict({k: mapped[k].float() for k in expected}, strict=False, assign=True)
-    except RuntimeError as exc:  # shape mismatch: weights of another network
-        raise ManyviewError(f"LPIPS ({net}) weights do not fit the network: {str(exc).splitlines()[-1].strip()}",
-                            loc) from exc
+            mapped[f"lins.{key[3:key.index('.')]}.weight"] = value.float()
+    load_weights(model, mapped, path=loc, assign=True, what=f"LPIPS ({net})")
     return model.eval().requires_grad_(False)
 
 

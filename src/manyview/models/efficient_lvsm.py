@@ -9,7 +9,7 @@ values of a view depend on that view alone: they can be computed once, cached, a
 they can be rendered in any batches.
 
 Key layout of Ayakaee/Efficient-LVSM (``rgbp_tokenizer``, ``input_self_attn_blocks``, ``self_cross_blocks``;
-LayerNorms without parameters). Conventions as in :mod:`manyview.models.lvsm`.
+LayerNorms without parameters). Tokenisation, head and conventions as in :mod:`manyview.models.lvsm_base`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
-from manyview.models.lvsm import (CONFIGS, LVSMBase, LVSMConfig, reject, check_cameras, check_input_cameras,
-                                  check_size, check_views, chunks, target_size)
+from manyview.models.lvsm_base import LVSMBase
+from manyview.models.lvsm_checks import (check_cameras, check_input_cameras, check_size, check_views, chunks, reject,
+                                         target_size)
+from manyview.models.lvsm_config import CONFIGS, LVSMConfig
 from manyview.nn.kv_cache import KVCache
 from manyview.nn.transformer import SelfCrossBlock
 from manyview.scene import Cameras

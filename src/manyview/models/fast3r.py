@@ -8,7 +8,9 @@ Assembled from shared blocks, weight-compatible with the released checkpoint (``
     downstream_head       PointmapHead (DPT): pointmap of every view in the camera frame of view 0 ("global")
     downstream_head_local PointmapHead (DPT): pointmap of every view in its own camera frame ("local")
 
-The DPT heads read [raw encoder tokens, fusion outputs after blocks depth/2, 3*depth/4 and depth].
+The DPT heads read [raw encoder tokens, fusion outputs after blocks depth/2, 3*depth/4 and depth]. The config
+validation, the head and the portrait orientation are shared with DUSt3R's pairwise network
+(:mod:`manyview.models.dust3r_family`).
 
 Image-index embedding: views are told apart only by a 1-D sin/cos embedding of an index, added to every token of a
 view. The released model was trained with view 0 at index 0 and views 1..N-1 at distinct random indices from
@@ -28,26 +30,37 @@ already in [-1, 1]. Height and width must be multiples of 16.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import itertools
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
 from manyview.hub import HubMixin
+from manyview.models.dust3r_family import (
+    INF,
+    FamilySpec,
+    PointmapHead,
+    build_config,
+    dpt_hooks,
+    dpt_widths,
+    from_network_orientation,
+    known_fields,
+    patch_grid,
+    rope_frequency,
+    to_network_orientation,
+    without_unset,
+)
 from manyview.nn.blocks import Block, SelfAttention
-from manyview.nn.dpt import DPTHead
 from manyview.nn.embeddings import sincos_embedding_1d
+from manyview.nn.inference import inference
 from manyview.nn.vit import RoPEViTEncoder
 
 INDEX_TABLE_SIZE = 1000  # slots of the released image-index table
-_INF = float("inf")
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -68,7 +81,7 @@ class EncoderArgs:
 
     @property
     def rope_freq(self) -> float:
-        return float(self.pos_embed[len("RoPE"):])
+        return rope_frequency(self.pos_embed)
 
 
 @dataclass
@@ -90,8 +103,7 @@ class DecoderArgs:
 
     @property
     def hooks(self) -> list[int]:
-        d = self.depth
-        return [0, d * 2 // 4, d * 3 // 4, d]
+        return dpt_hooks(self.depth)
 
 
 @dataclass
@@ -102,8 +114,8 @@ class HeadArgs:
     head_type: str = "dpt"
     output_mode: str = "pts3d"
     landscape_only: bool = False
-    depth_mode: list = field(default_factory=lambda: ["exp", -_INF, _INF])
-    conf_mode: list = field(default_factory=lambda: ["exp", 1, _INF])
+    depth_mode: list = field(default_factory=lambda: ["exp", -INF, INF])
+    conf_mode: list = field(default_factory=lambda: ["exp", 1, INF])
     patch_size: int = 16
     with_local_head: bool = True
     feature_dim: int | None = None
@@ -112,12 +124,11 @@ class HeadArgs:
 
     @property
     def dpt_widths(self) -> tuple[int, int, list[int]]:
-        return (256 if self.feature_dim is None else self.feature_dim,
-                128 if self.last_dim is None else self.last_dim,
-                [96, 192, 384, 768] if self.layer_dims is None else list(self.layer_dims))
+        return dpt_widths(self.feature_dim, self.last_dim, self.layer_dims)
 
 
 _SECTIONS = {"encoder_args": EncoderArgs, "decoder_args": DecoderArgs, "head_args": HeadArgs}
+_ATTENTION_IMPLEMENTATIONS = ("pytorch_naive", "flash_attention", "pytorch_auto")
 
 
 @dataclass
@@ -143,61 +154,45 @@ class Fast3RConfig:
             section = data[name]
             if not isinstance(section, Mapping):
                 raise ManyviewError(f"Fast3R config: {name} must be an object", path)
-            known = {f.name for f in dataclasses.fields(klass)}
-            extra = sorted(set(section) - known)
-            if extra:
-                raise ManyviewError(f"Fast3R config: unknown fields in {name}: {', '.join(extra)}", path)
-            sections[name] = klass(**section)
-        try:
-            return cls(**sections)
-        except ManyviewError as e:
-            raise ManyviewError(e.message, path) from None
+            sections[name] = klass(**known_fields(klass, section, f"Fast3R config: unknown fields in {name}:", path))
+        return build_config(cls, sections, path)
 
     def to_dict(self) -> dict:
         """The released config.json layout; unset optional head widths are left out, as in the release."""
-        out = {}
-        for name in _SECTIONS:
-            d = dataclasses.asdict(getattr(self, name))
-            out[name] = {k: v for k, v in d.items() if v is not None}
-        return out
+        return {name: without_unset(getattr(self, name)) for name in _SECTIONS}
+
+    @property
+    def family(self) -> FamilySpec:
+        """The architecture in the vocabulary shared with DUSt3R's pairwise network."""
+        e, d, h = self.encoder_args, self.decoder_args, self.head_args
+        return FamilySpec(
+            patch_size=e.patch_size, patch_embed_cls=e.patch_embed_cls, pos_embed=e.pos_embed,
+            enc_embed_dim=e.embed_dim, enc_depth=e.depth, enc_num_heads=e.num_heads, enc_mlp_ratio=e.mlp_ratio,
+            dec_embed_dim=d.embed_dim, dec_depth=d.depth, dec_num_heads=d.num_heads, decoder_rope=False,
+            head_type=h.head_type, output_mode=h.output_mode, depth_mode=h.depth_mode, conf_mode=h.conf_mode,
+            feature_dim=h.feature_dim, last_dim=h.last_dim, layer_dims=h.layer_dims)
 
     def validate(self) -> None:
+        """The family's checks plus Fast3R's own (encoder and decoder types, attention options, widths that
+        must agree between sections)."""
         e, d, h = self.encoder_args, self.decoder_args, self.head_args
         problems = []
         if e.encoder_type != "croco":
             problems.append(f"encoder_type {e.encoder_type!r} is not supported (only 'croco')")
-        if e.patch_embed_cls not in ("PatchEmbedDust3R", "ManyAR_PatchEmbed"):
-            problems.append(f"unknown patch_embed_cls {e.patch_embed_cls!r}")
-        if not re.fullmatch(r"RoPE\d+(\.\d+)?", str(e.pos_embed)):
-            problems.append(f"pos_embed {e.pos_embed!r} is not supported (expected RoPE<frequency>)")
-        for name, a in (("encoder", e), ("decoder", d)):
-            if a.attn_implementation not in ("pytorch_naive", "flash_attention", "pytorch_auto"):
-                problems.append(f"unknown {name} attn_implementation {a.attn_implementation!r}")
-            if a.embed_dim % a.num_heads:
-                problems.append(f"{name} embed_dim {a.embed_dim} is not divisible by num_heads {a.num_heads}")
-        if e.embed_dim % e.num_heads == 0 and (e.embed_dim // e.num_heads) % 4:
-            problems.append("encoder head dimension must be divisible by 4 for 2D RoPE")
         if d.decoder_type != "fast3r":
             problems.append(f"decoder_type {d.decoder_type!r} is not supported (only 'fast3r')")
+        for name, a in (("encoder", e), ("decoder", d)):
+            if a.attn_implementation not in _ATTENTION_IMPLEMENTATIONS:
+                problems.append(f"unknown {name} attn_implementation {a.attn_implementation!r}")
         if d.enc_embed_dim != e.embed_dim:
             problems.append(f"decoder enc_embed_dim {d.enc_embed_dim} != encoder embed_dim {e.embed_dim}")
-        if d.depth < 2 or len(set(d.hooks)) != 4:
-            problems.append(f"decoder depth {d.depth} gives repeated DPT hooks {d.hooks}; use depth >= 4")
         if d.attn_drop:
             problems.append("attn_drop > 0 is not supported (attention runs through fused SDPA kernels)")
         if d.embed_dim % 2:
             problems.append("decoder embed_dim must be even for the sin/cos image-index embedding")
-        if h.head_type != "dpt" or h.output_mode != "pts3d":
-            problems.append(f"head {h.head_type!r}/{h.output_mode!r} is not supported (only dpt/pts3d)")
         if h.patch_size != e.patch_size:
             problems.append(f"head patch_size {h.patch_size} != encoder patch_size {e.patch_size}")
-        if (len(h.depth_mode) != 3 or h.depth_mode[0] not in ("exp", "square", "linear")
-                or h.depth_mode[1] != -_INF or h.depth_mode[2] != _INF):
-            problems.append(f"depth_mode {h.depth_mode!r} is not supported (expected [exp|square|linear, -inf, inf])")
-        if not h.conf_mode or len(h.conf_mode) != 3 or h.conf_mode[0] not in ("exp", "sigmoid"):
-            problems.append(f"conf_mode {h.conf_mode!r} is not supported (expected [exp|sigmoid, min, max])")
-        if h.layer_dims is not None and len(h.layer_dims) != 4:
-            problems.append("head layer_dims must have four entries")
+        problems += self.family.problems()
         if problems:
             raise ManyviewError("invalid Fast3R config: " + "; ".join(problems))
 
@@ -232,6 +227,12 @@ def fast3r_config(name: str) -> Fast3RConfig:
     return PRESETS[name]()
 
 
+def training_image_size(config: Fast3RConfig) -> int:
+    """The long side of the images the weights were trained on (``encoder_args.img_size``: an int or [H, W])."""
+    size = config.encoder_args.img_size
+    return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+
+
 # --------------------------------------------------------------------------------------------- image indices
 def image_index_positions(batch: int, num_views: int, seed: int | None = None, random: bool = False,
                           table_size: int = INDEX_TABLE_SIZE, generator: torch.Generator | None = None) -> Tensor:
@@ -255,6 +256,43 @@ def image_index_positions(batch: int, num_views: int, seed: int | None = None, r
     for b in range(batch):
         ids[b, 1:] = pool[torch.randperm(len(pool), generator=generator)[: num_views - 1]]
     return ids
+
+
+# ------------------------------------------------------------------------------------------------ the views
+@dataclass(frozen=True, eq=False)
+class ViewGroup:
+    """Consecutive views of one image shape, as the network runs them."""
+
+    images: Tensor  # (B, n, 3, H, W) in [-1, 1], already in network orientation
+    turned: bool  # portrait views running transposed (landscape_only); their outputs are turned back
+    grid: tuple[int, int]  # token grid (H / patch, W / patch)
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_views * self.num_patches
+
+
+def token_starts(views: list[ViewGroup]) -> list[int]:
+    """Where each group's tokens begin in the fusion sequence (groups in view order)."""
+    return list(itertools.accumulate((v.num_tokens for v in views[:-1]), initial=0))
+
+
+def stack_consecutive(images: list[Tensor]) -> list[Tensor]:
+    """(B, 3, H_i, W_i) views -> groups (B, n, 3, H, W) of consecutive views that share a shape."""
+    groups, start = [], 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i].shape != images[start].shape:
+            groups.append(torch.stack(images[start:i], dim=1))
+            start = i
+    return groups
 
 
 # --------------------------------------------------------------------------------------------------- modules
@@ -293,39 +331,13 @@ class FusionTransformer(nn.Module):
         return out
 
 
-def points_from_raw(xyz: Tensor, mode) -> Tensor:
-    """(..., 3) raw -> points. ``exp``: x/||x|| * expm1(||x||) (the released parametrisation)."""
-    kind = mode[0]
-    if kind == "linear":
-        return xyz
-    d = xyz.norm(dim=-1, keepdim=True)
-    unit = xyz / d.clamp(min=1e-8)
-    return unit * (d.square() if kind == "square" else torch.expm1(d))
+class GroupPointmaps(NamedTuple):
+    """The heads' outputs for one group of n views, in the input orientation."""
 
-
-def confidence_from_raw(c: Tensor, mode) -> Tensor:
-    """``exp``: vmin + exp(c) (clipped at vmax - vmin); ``sigmoid``: vmin + (vmax - vmin) sigmoid(c)."""
-    kind, vmin, vmax = mode
-    if kind == "exp":
-        return vmin + c.exp().clamp(max=vmax - vmin)
-    return (vmax - vmin) * torch.sigmoid(c) + vmin
-
-
-class PointmapHead(nn.Module):
-    """DPT over four hooked layers -> pointmap and confidence (keys ``dpt.*``)."""
-
-    def __init__(self, config: Fast3RConfig):
-        super().__init__()
-        e, d, h = config.encoder_args, config.decoder_args, config.head_args
-        feature_dim, last_dim, layer_dims = h.dpt_widths
-        self.depth_mode, self.conf_mode = list(h.depth_mode), list(h.conf_mode)
-        self.dpt = DPTHead([e.embed_dim, d.embed_dim, d.embed_dim, d.embed_dim], num_channels=4,
-                           patch_size=h.patch_size, feature_dim=feature_dim, last_dim=last_dim, layer_dims=layer_dims)
-
-    def forward(self, layers: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """4 x (B, h*w, C_i) -> points (B, H, W, 3), confidence (B, H, W), in float32."""
-        out = self.dpt(layers, grid).float().permute(0, 2, 3, 1)
-        return points_from_raw(out[..., :3], self.depth_mode), confidence_from_raw(out[..., 3], self.conf_mode)
+    pts3d_global: Tensor  # (B, n, H, W, 3)
+    conf_global: Tensor  # (B, n, H, W)
+    pts3d_local: Tensor | None  # None without a local head
+    conf_local: Tensor | None
 
 
 @dataclass
@@ -337,31 +349,27 @@ class Fast3ROutput:
     image_ids: Tensor  # (B, N) float64 image-index positions used
 
 
-def training_image_size(config: Fast3RConfig) -> int:
-    """The long side of the images the weights were trained on (``encoder_args.img_size``: an int or [H, W])."""
-    size = config.encoder_args.img_size
-    return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
-
-
 class Fast3R(nn.Module, HubMixin):
     """The Fast3R network. ``Fast3R("tiny")``, ``Fast3R(Fast3RConfig(...))`` or ``Fast3R.from_pretrained(path)``.
 
-    ``encoder_chunk_size``: images per encoder pass; ``max_parallel_views_for_head``: images per DPT-head pass.
-    Both bound activation memory independently of N; neither changes results.
+    Chunking bounds activation memory independently of N and never changes results: ``encoder_chunk_size``
+    images per encoder pass, ``max_parallel_views_for_head`` images per DPT-head pass. Every entry takes both as
+    arguments; the attributes below are the defaults used when an argument is None.
     """
 
     config_class = Fast3RConfig
+    encoder_chunk_size: int = 400
+    max_parallel_views_for_head: int = 25
 
     def __init__(self, config: Fast3RConfig | str = "tiny"):
         super().__init__()
         self.config = fast3r_config(config) if isinstance(config, str) else config
-        e, d, h = self.config.encoder_args, self.config.decoder_args, self.config.head_args
-        self.encoder = RoPEViTEncoder(e.patch_size, e.embed_dim, e.depth, e.num_heads, e.mlp_ratio, e.rope_freq)
-        self.decoder = FusionTransformer(d)
-        self.downstream_head = PointmapHead(self.config)
-        self.downstream_head_local = PointmapHead(self.config) if h.with_local_head else None
-        self.encoder_chunk_size = 400
-        self.max_parallel_views_for_head = 25
+        spec = self.config.family
+        self.encoder = RoPEViTEncoder(**spec.encoder_args())
+        self.decoder = FusionTransformer(self.config.decoder_args)
+        self.downstream_head = PointmapHead(spec, float32=False)
+        self.downstream_head_local = PointmapHead(spec, float32=False) if self.config.head_args.with_local_head \
+            else None
         # The released code computes every attention product under a CUDA bfloat16 autocast; do the same on CUDA
         # (set_attention_dtype(None) for float32 attention). No effect on CPU.
         self.set_attention_dtype(torch.bfloat16)
@@ -379,18 +387,96 @@ class Fast3R(nn.Module, HubMixin):
     def patch_size(self) -> int:
         return self.config.encoder_args.patch_size
 
-    # --------------------------------------------------------------------------------------------- stages
-    def encode(self, images: Tensor) -> Tensor:
+    # ------------------------------------------------------------------------------------------- entries
+    def forward(self, images: Tensor, image_ids: Tensor | None = None, image_index_seed: int | None = None, *,
+                encoder_chunk_size: int | None = None,
+                max_parallel_views_for_head: int | None = None) -> Fast3ROutput:
+        """images (B, N, 3, H, W) in [0, 1], H and W multiples of 16 -> :class:`Fast3ROutput`."""
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ManyviewError(f"images must be (B, N, 3, H, W), got {tuple(images.shape)}")
+        (pointmaps,), ids = self.predict([images * 2 - 1], image_ids, image_index_seed, encoder_chunk_size,
+                                         max_parallel_views_for_head)
+        return Fast3ROutput(*pointmaps, image_ids=ids)
+
+    def infer(self, images: Tensor, image_ids: Tensor | None = None, image_index_seed: int | None = None,
+              dtype: torch.dtype | None = None, encoder_chunk_size: int | None = None,
+              max_parallel_views_for_head: int | None = None) -> Fast3ROutput:
+        """Inference entry: eval mode, ``torch.inference_mode``, optional autocast ``dtype`` (e.g. torch.bfloat16).
+
+        images (N, 3, H, W) or (B, N, 3, H, W) in [0, 1]; outputs always have the batch dimension.
+        """
+        if images.dim() == 4:
+            images = images[None]
+        with inference(self, images.device.type, dtype):
+            return self(images, image_ids, image_index_seed, encoder_chunk_size=encoder_chunk_size,
+                        max_parallel_views_for_head=max_parallel_views_for_head)
+
+    def forward_views(self, views: list[dict], image_ids: Tensor | None = None,
+                      image_index_seed: int | None = None) -> list[dict]:
+        """The official interface: views = [{"img": (B, 3, H, W) in [-1, 1], ...}] (sizes may differ between
+        views) -> per view {"pts3d_in_other_view", "conf", "pts3d_local", "conf_local"}."""
+        if not views:
+            raise ManyviewError("no views given")
+        results, _ = self.predict(stack_consecutive([v["img"] for v in views]), image_ids, image_index_seed)
+        out = []
+        for pts, conf, pts_l, conf_l in results:
+            for j in range(pts.shape[1]):
+                view = {"pts3d_in_other_view": pts[:, j], "conf": conf[:, j]}
+                if pts_l is not None:
+                    view.update(pts3d_local=pts_l[:, j], conf_local=conf_l[:, j])
+                out.append(view)
+        return out
+
+    # ---------------------------------------------------------------------------------------- the network
+    def predict(self, groups: list[Tensor], image_ids: Tensor | None = None, image_index_seed: int | None = None,
+                encoder_chunk_size: int | None = None,
+                max_parallel_views_for_head: int | None = None) -> tuple[list[GroupPointmaps], Tensor]:
+        """groups of views of one shape, each (B, n_g, 3, H_g, W_g) in [-1, 1], in view order -> each group's
+        :class:`GroupPointmaps` and the (B, N) image-index positions used."""
+        views = self.orient(groups)
+        ids = self._image_ids(views[0].images.shape[0], sum(v.num_views for v in views), image_ids,
+                              image_index_seed)
+        tokens = self.encode_views(views, encoder_chunk_size)
+        layers = self.fuse(tokens, ids, views)
+        return [self.pointmaps(layers, view, start, max_parallel_views_for_head)
+                for view, start in zip(views, token_starts(views))], ids
+
+    def orient(self, groups: list[Tensor]) -> list[ViewGroup]:
+        """Each group in network orientation (the family's rule, ``head_args.landscape_only``), checked."""
+        batch = groups[0].shape[0]
+        views = []
+        for g in groups:
+            images, turned = to_network_orientation(g, self.config.head_args.landscape_only)
+            if images.shape[0] != batch:
+                raise ManyviewError("every view must have the same batch size")
+            views.append(ViewGroup(images, turned, patch_grid(images, self.patch_size)))
+        return views
+
+    def encode(self, images: Tensor, encoder_chunk_size: int | None = None) -> Tensor:
         """images (B, n, 3, H, W) in [-1, 1] -> tokens (B, n, P, C_enc), encoded in chunks of images."""
         B, n, _, H, W = images.shape
         p = self.patch_size
         out = images.new_empty(B, n, (H // p) * (W // p), self.encoder.embed_dim)
-        self._encode_into(images, out.view(B, -1, out.shape[-1]))
+        self._encode_into(images, out.view(B, -1, out.shape[-1]), encoder_chunk_size)
         return out
 
-    def _encode_into(self, images: Tensor, out: Tensor) -> None:
+    def encode_views(self, views: list[ViewGroup], encoder_chunk_size: int | None = None) -> Tensor:
+        """Every view on its own -> the fusion sequence (B, L, C_enc), written in place chunk by chunk (no
+        concatenated copy of all tokens), in the autocast dtype when autocast is on."""
+        first = views[0].images
+        device_type = first.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else first.dtype
+        tokens = first.new_empty(first.shape[0], sum(v.num_tokens for v in views), self.encoder.embed_dim,
+                                 dtype=dtype)
+        for view, start in zip(views, token_starts(views)):
+            self._encode_into(view.images, tokens[:, start: start + view.num_tokens], encoder_chunk_size)
+        return tokens
+
+    def _encode_into(self, images: Tensor, out: Tensor, encoder_chunk_size: int | None) -> None:
+        """images (B, n, 3, H, W) -> out (B, n*P, C), ``encoder_chunk_size`` images per encoder pass."""
+        chunk = self.encoder_chunk_size if encoder_chunk_size is None else encoder_chunk_size
         B, n = images.shape[:2]
-        step = max(1, self.encoder_chunk_size // B)
+        step = max(1, chunk // B)
         for v0 in range(0, n, step):
             v1 = min(n, v0 + step)
             tokens, _ = self.encoder(images[:, v0:v1].flatten(0, 1))  # (B*k, P, C)
@@ -400,6 +486,46 @@ class Fast3R(nn.Module, HubMixin):
     def index_embedding(self, image_ids: Tensor) -> Tensor:
         """(B, N) positions -> (B, N, D) float32 sin/cos embedding (computed in float64, like the released table)."""
         return sincos_embedding_1d(image_ids, self.config.decoder_args.embed_dim).float()
+
+    def fuse(self, tokens: Tensor, image_ids: Tensor, views: list[ViewGroup]) -> list[Tensor]:
+        """The fusion transformer over all views' tokens (B, L, C_enc), each view told apart by its index
+        embedding -> the four layers the heads read, each (B, L, ·); layer 0 is the encoder output itself."""
+        per_view = torch.tensor([v.num_patches for v in views for _ in range(v.num_views)], device=tokens.device)
+        embedding = self.index_embedding(image_ids).to(tokens.device).repeat_interleave(per_view, dim=1)
+        hooks = self.config.decoder_args.hooks
+        layers = self.decoder(tokens, embedding, keep=hooks)
+        return [layers[i] for i in hooks]
+
+    def pointmaps(self, layers: list[Tensor], view: ViewGroup, start: int,
+                  max_parallel_views_for_head: int | None = None) -> GroupPointmaps:
+        """Both heads on one group's tokens (from ``start`` in the fused layers), turned back to the input
+        orientation."""
+        group_layers = [lay[:, start: start + view.num_tokens] for lay in layers]
+        outs = self._run_heads(group_layers, view.num_views, view.grid, max_parallel_views_for_head)
+        outs = [from_network_orientation(pts, conf, view.turned) for pts, conf in outs]
+        local = outs[1] if len(outs) > 1 else (None, None)
+        return GroupPointmaps(*outs[0], *local)
+
+    def _run_heads(self, layers: list[Tensor], n: int, grid: tuple[int, int],
+                   max_parallel_views_for_head: int | None) -> list[tuple[Tensor, Tensor]]:
+        """Hooked layers of n views of one grid, each (B, n*P, ·) -> [(pts (B, n, H, W, 3), conf (B, n, H, W))]
+        per head, at most ``max_parallel_views_for_head`` images per pass."""
+        chunk = self.max_parallel_views_for_head if max_parallel_views_for_head is None \
+            else max_parallel_views_for_head
+        B, p = layers[0].shape[0], self.patch_size
+        P, H, W = grid[0] * grid[1], grid[0] * p, grid[1] * p
+        heads = [self.downstream_head] + ([self.downstream_head_local] if self.downstream_head_local else [])
+        device = layers[0].device
+        outs = [(torch.empty(B, n, H, W, 3, device=device), torch.empty(B, n, H, W, device=device)) for _ in heads]
+        step = max(1, chunk // B)
+        for v0 in range(0, n, step):
+            v1 = min(n, v0 + step)
+            chunk_layers = [lay[:, v0 * P: v1 * P].reshape(B * (v1 - v0), P, -1) for lay in layers]
+            for head, (pts, conf) in zip(heads, outs):
+                x, c = head(chunk_layers, grid)
+                pts[:, v0:v1] = x.view(B, v1 - v0, H, W, 3)
+                conf[:, v0:v1] = c.view(B, v1 - v0, H, W)
+        return outs
 
     def _image_ids(self, batch: int, num_views: int, image_ids: Tensor | None, seed: int | None) -> Tensor:
         if image_ids is not None:
@@ -411,125 +537,3 @@ class Fast3R(nn.Module, HubMixin):
         if self.training:
             return image_index_positions(batch, num_views, random=self.config.decoder_args.random_image_idx_embedding)
         return image_index_positions(batch, num_views, seed=seed)
-
-    def _run(self, groups: list[Tensor], image_ids: Tensor | None, seed: int | None) -> tuple[list, Tensor]:
-        """groups: views of equal shape, each (B, n_g, 3, H_g, W_g) in [-1, 1], in view order.
-
-        Returns per group (pts_g, conf_g, pts_l, conf_l) with (B, n_g, H, W, ·) and the (B, N) image ids."""
-        B = groups[0].shape[0]
-        p = self.patch_size
-        landscape_only = self.config.head_args.landscape_only
-        transposed = [landscape_only and g.shape[-2] > g.shape[-1] for g in groups]
-        # landscape_only (the training config, with ManyAR_PatchEmbed): portrait views run transposed end to end.
-        groups = [g.transpose(-1, -2) if t else g for g, t in zip(groups, transposed)]
-        for g in groups:
-            if g.shape[0] != B:
-                raise ManyviewError("every view must have the same batch size")
-            if g.shape[-2] % p or g.shape[-1] % p:
-                raise ManyviewError(f"image size {g.shape[-2]}x{g.shape[-1]} is not a multiple of the patch size {p}")
-        counts = [g.shape[1] for g in groups]
-        grids = [(g.shape[-2] // p, g.shape[-1] // p) for g in groups]
-        patches = [gh * gw for gh, gw in grids]
-        ids = self._image_ids(B, sum(counts), image_ids, seed)
-
-        tokens, offsets = self._encode_groups(groups, patches)  # (B, L, C_enc)
-        per_view = torch.tensor([P for n, P in zip(counts, patches) for _ in range(n)], device=tokens.device)
-        emb = self.index_embedding(ids).to(tokens.device).repeat_interleave(per_view, dim=1)  # (B, L, D)
-        hooks = self.config.decoder_args.hooks
-        layers = self.decoder(tokens, emb, keep=hooks)
-        del emb
-        layers = [layers[i] for i in hooks]
-
-        results = []
-        for n, P, grid, off, t in zip(counts, patches, grids, offsets, transposed):
-            outs = self._heads([lay[:, off: off + n * P] for lay in layers], n, grid)
-            if t:
-                outs = [(x.transpose(2, 3), c.transpose(2, 3)) for x, c in outs]
-            local = outs[1] if len(outs) > 1 else (None, None)
-            results.append((*outs[0], *local))
-        return results, ids
-
-    def _encode_groups(self, groups: list[Tensor], patches: list[int]) -> tuple[Tensor, list[int]]:
-        """Every view on its own, in chunks, written straight into the fusion sequence (B, L, C_enc)."""
-        B, device_type = groups[0].shape[0], groups[0].device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else groups[0].dtype
-        L = sum(g.shape[1] * P for g, P in zip(groups, patches))
-        tokens = groups[0].new_empty(B, L, self.encoder.embed_dim, dtype=dtype)
-        offsets, off = [], 0
-        for g, P in zip(groups, patches):
-            offsets.append(off)
-            self._encode_into(g, tokens[:, off: off + g.shape[1] * P])
-            off += g.shape[1] * P
-        return tokens, offsets
-
-    def _heads(self, layers: list[Tensor], n: int, grid: tuple[int, int]) -> list[tuple[Tensor, Tensor]]:
-        """Hooked layers of n views of one grid, each (B, n*P, ·) -> [(pts (B, n, H, W, 3), conf (B, n, H, W))]
-        per head, running at most ``max_parallel_views_for_head`` images at a time."""
-        B, p = layers[0].shape[0], self.patch_size
-        P, H, W = grid[0] * grid[1], grid[0] * p, grid[1] * p
-        heads = [self.downstream_head] + ([self.downstream_head_local] if self.downstream_head_local else [])
-        device = layers[0].device
-        outs = [(torch.empty(B, n, H, W, 3, device=device), torch.empty(B, n, H, W, device=device)) for _ in heads]
-        step = max(1, self.max_parallel_views_for_head // B)
-        for v0 in range(0, n, step):
-            v1 = min(n, v0 + step)
-            chunk = [lay[:, v0 * P: v1 * P].reshape(B * (v1 - v0), P, -1) for lay in layers]
-            for head, (pts, conf) in zip(heads, outs):
-                x, c = head(chunk, grid)
-                pts[:, v0:v1] = x.view(B, v1 - v0, H, W, 3)
-                conf[:, v0:v1] = c.view(B, v1 - v0, H, W)
-        return outs
-
-    # ------------------------------------------------------------------------------------------- entries
-    def forward(self, images: Tensor, image_ids: Tensor | None = None,
-                image_index_seed: int | None = None) -> Fast3ROutput:
-        """images (B, N, 3, H, W) in [0, 1], H and W multiples of 16 -> :class:`Fast3ROutput`."""
-        if images.dim() != 5 or images.shape[2] != 3:
-            raise ManyviewError(f"images must be (B, N, 3, H, W), got {tuple(images.shape)}")
-        (res,), ids = self._run([images * 2 - 1], image_ids, image_index_seed)
-        return Fast3ROutput(*res, image_ids=ids)
-
-    def infer(self, images: Tensor, image_ids: Tensor | None = None, image_index_seed: int | None = None,
-              dtype: torch.dtype | None = None, encoder_chunk_size: int | None = None,
-              max_parallel_views_for_head: int | None = None) -> Fast3ROutput:
-        """Inference entry: eval mode, ``torch.inference_mode``, optional autocast ``dtype`` (e.g. torch.bfloat16).
-
-        images (N, 3, H, W) or (B, N, 3, H, W) in [0, 1]; outputs always have the batch dimension.
-        """
-        if images.dim() == 4:
-            images = images[None]
-        saved = (self.training, self.encoder_chunk_size, self.max_parallel_views_for_head)
-        if encoder_chunk_size is not None:
-            self.encoder_chunk_size = encoder_chunk_size
-        if max_parallel_views_for_head is not None:
-            self.max_parallel_views_for_head = max_parallel_views_for_head
-        autocast = torch.autocast(images.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        try:
-            self.eval()
-            with torch.inference_mode(), autocast:
-                return self(images, image_ids=image_ids, image_index_seed=image_index_seed)
-        finally:
-            self.train(saved[0])
-            self.encoder_chunk_size, self.max_parallel_views_for_head = saved[1:]
-
-    def forward_views(self, views: list[dict], image_ids: Tensor | None = None,
-                      image_index_seed: int | None = None) -> list[dict]:
-        """The official interface: views = [{"img": (B, 3, H, W) in [-1, 1], ...}] (sizes may differ between
-        views) -> per view {"pts3d_in_other_view", "conf", "pts3d_local", "conf_local"}."""
-        if not views:
-            raise ManyviewError("no views given")
-        groups, start = [], 0
-        imgs = [v["img"] for v in views]
-        for i in range(1, len(imgs) + 1):  # consecutive views of one shape form a group
-            if i == len(imgs) or imgs[i].shape != imgs[start].shape:
-                groups.append(torch.stack(imgs[start:i], dim=1))
-                start = i
-        results, _ = self._run(groups, image_ids, image_index_seed)
-        out = []
-        for pts, conf, pts_l, conf_l in results:
-            for j in range(pts.shape[1]):
-                view = {"pts3d_in_other_view": pts[:, j], "conf": conf[:, j]}
-                if pts_l is not None:
-                    view.update(pts3d_local=pts_l[:, j], conf_local=conf_l[:, j])
-                out.append(view)
-        return out

@@ -10,7 +10,8 @@ Weight-compatible with DUSt3R's ``AsymmetricCroCo3DStereo`` (e.g. ``naver/DUSt3R
     downstream_head1 / downstream_head2 DPT heads: view 1's pointmap and view 2's pointmap, both in view 1's camera
                                         frame, with confidence 1 + exp(c)
 
-The DPT heads read [raw encoder tokens, decoder outputs after blocks depth/2, 3*depth/4 and depth].
+The DPT heads read [raw encoder tokens, decoder outputs after blocks depth/2, 3*depth/4 and depth]. The config
+validation, the head and the portrait orientation are shared with Fast3R (:mod:`manyview.models.dust3r_family`).
 
 The encoder's modules sit at the top level of the state dict (``patch_embed.*``, not ``encoder.patch_embed.*``)
 because DUSt3R's model subclasses its encoder class (CroCoNet); this class subclasses
@@ -29,26 +30,36 @@ patch size.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
 from manyview.hub import HubMixin
-from manyview.models.fast3r import confidence_from_raw, fast3r_config, points_from_raw
+from manyview.models.dust3r_family import (
+    INF,
+    FamilySpec,
+    PointmapHead,
+    build_config,
+    dpt_hooks,
+    dpt_widths,
+    from_network_orientation,
+    known_fields,
+    patch_grid,
+    rope_frequency,
+    to_network_orientation,
+    without_unset,
+)
+from manyview.models.fast3r import fast3r_config
 from manyview.nn.blocks import DecoderBlock
-from manyview.nn.dpt import DPTHead
 from manyview.nn.embeddings import patch_positions
+from manyview.nn.inference import inference
 from manyview.nn.vit import RoPEViTEncoder
-from manyview.progress import progress as progress_bar
 
-_INF = float("inf")
+PairProgress = Callable[[int, int], None]  # (pairs done, pairs in all), called after each batch of pairs
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -60,8 +71,8 @@ class PairwiseConfig:
 
     output_mode: str = "pts3d"
     head_type: str = "dpt"
-    depth_mode: list = field(default_factory=lambda: ["exp", -_INF, _INF])
-    conf_mode: list = field(default_factory=lambda: ["exp", 1, _INF])
+    depth_mode: list = field(default_factory=lambda: ["exp", -INF, INF])
+    conf_mode: list = field(default_factory=lambda: ["exp", 1, INF])
     freeze: str = "none"
     landscape_only: bool = False
     patch_embed_cls: str = "PatchEmbedDust3R"
@@ -86,75 +97,52 @@ class PairwiseConfig:
 
     @property
     def rope_freq(self) -> float:
-        return float(self.pos_embed[len("RoPE"):])
+        return rope_frequency(self.pos_embed)
 
     @property
     def hooks(self) -> list[int]:
-        d = self.dec_depth
-        return [0, d * 2 // 4, d * 3 // 4, d]
+        return dpt_hooks(self.dec_depth)
 
     @property
     def dpt_widths(self) -> tuple[int, int, list[int]]:
-        return (256 if self.feature_dim is None else self.feature_dim,
-                128 if self.last_dim is None else self.last_dim,
-                [96, 192, 384, 768] if self.layer_dims is None else list(self.layer_dims))
+        return dpt_widths(self.feature_dim, self.last_dim, self.layer_dims)
+
+    @property
+    def family(self) -> FamilySpec:
+        """The architecture in the vocabulary shared with Fast3R."""
+        return FamilySpec(
+            patch_size=self.patch_size, patch_embed_cls=self.patch_embed_cls, pos_embed=self.pos_embed,
+            enc_embed_dim=self.enc_embed_dim, enc_depth=self.enc_depth, enc_num_heads=self.enc_num_heads,
+            enc_mlp_ratio=self.mlp_ratio, dec_embed_dim=self.dec_embed_dim, dec_depth=self.dec_depth,
+            dec_num_heads=self.dec_num_heads, decoder_rope=True, head_type=self.head_type,
+            output_mode=self.output_mode, depth_mode=self.depth_mode, conf_mode=self.conf_mode,
+            feature_dim=self.feature_dim, last_dim=self.last_dim, layer_dims=self.layer_dims)
 
     @classmethod
     def from_dict(cls, data: Mapping, path: str | os.PathLike | None = None) -> "PairwiseConfig":
         """From a DUSt3R-style config.json; unknown fields are errors, missing ones take the released values."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ManyviewError(f"pairwise (DUSt3R) config: unknown fields {', '.join(extra)}", path)
-        try:
-            return cls(**dict(data))
-        except ManyviewError as e:
-            raise ManyviewError(e.message, path) from None
+        return build_config(cls, known_fields(cls, data, "pairwise (DUSt3R) config: unknown fields", path), path)
 
     def to_dict(self) -> dict:
         """config.json content; unset optional DPT widths are left out, as in the release."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return without_unset(self)
 
     @classmethod
     def matching(cls, fast3r_preset: str) -> "PairwiseConfig":
         """The pairwise network at the size of a Fast3R preset: the same encoder, decoders as wide and deep as
         Fast3R's fusion transformer, the same DPT heads (so "equal model size" compares architectures)."""
         f = fast3r_config(fast3r_preset)
-        e, d, h = f.encoder_args, f.decoder_args, f.head_args
-        return cls(depth_mode=list(h.depth_mode), conf_mode=list(h.conf_mode), patch_size=e.patch_size,
-                   enc_embed_dim=e.embed_dim, enc_depth=e.depth, enc_num_heads=e.num_heads,
-                   dec_embed_dim=d.embed_dim, dec_depth=d.depth, dec_num_heads=d.num_heads, mlp_ratio=d.mlp_ratio,
-                   pos_embed=e.pos_embed, feature_dim=h.feature_dim, last_dim=h.last_dim,
-                   layer_dims=None if h.layer_dims is None else list(h.layer_dims))
+        s = f.family
+        return cls(depth_mode=list(s.depth_mode), conf_mode=list(s.conf_mode), patch_size=s.patch_size,
+                   enc_embed_dim=s.enc_embed_dim, enc_depth=s.enc_depth, enc_num_heads=s.enc_num_heads,
+                   dec_embed_dim=s.dec_embed_dim, dec_depth=s.dec_depth, dec_num_heads=s.dec_num_heads,
+                   mlp_ratio=f.decoder_args.mlp_ratio, pos_embed=s.pos_embed, feature_dim=s.feature_dim,
+                   last_dim=s.last_dim, layer_dims=None if s.layer_dims is None else list(s.layer_dims))
 
     def validate(self) -> None:
-        problems = []
-        if self.output_mode != "pts3d" or self.head_type != "dpt":
-            problems.append(f"head {self.head_type!r}/{self.output_mode!r} is not supported (only dpt/pts3d)")
-        if self.patch_embed_cls not in ("PatchEmbedDust3R", "ManyAR_PatchEmbed"):
-            problems.append(f"unknown patch_embed_cls {self.patch_embed_cls!r}")
-        if not re.fullmatch(r"RoPE\d+(\.\d+)?", str(self.pos_embed)):
-            problems.append(f"pos_embed {self.pos_embed!r} is not supported (expected RoPE<frequency>)")
+        problems = self.family.problems()
         if self.freeze not in ("none", "mask", "encoder"):
             problems.append(f"unknown freeze {self.freeze!r} (none, mask or encoder)")
-        for name, dim, heads in (("encoder", self.enc_embed_dim, self.enc_num_heads),
-                                 ("decoder", self.dec_embed_dim, self.dec_num_heads)):
-            if heads < 1 or dim % heads:
-                problems.append(f"{name} width {dim} is not divisible by its {heads} heads")
-            elif (dim // heads) % 4:
-                problems.append(f"{name} head dimension {dim // heads} must be divisible by 4 for 2D RoPE")
-        if self.dec_depth < 4 or len(set(self.hooks)) != 4:
-            problems.append(f"dec_depth {self.dec_depth} gives repeated DPT hooks {self.hooks}; use dec_depth >= 4")
-        if self.enc_depth < 1:
-            problems.append("enc_depth must be >= 1")
-        if (len(self.depth_mode) != 3 or self.depth_mode[0] not in ("exp", "square", "linear")
-                or self.depth_mode[1] != -_INF or self.depth_mode[2] != _INF):
-            problems.append(f"depth_mode {self.depth_mode!r} is not supported "
-                            "(expected [exp|square|linear, -inf, inf])")
-        if not self.conf_mode or len(self.conf_mode) != 3 or self.conf_mode[0] not in ("exp", "sigmoid"):
-            problems.append(f"conf_mode {self.conf_mode!r} is not supported (expected [exp|sigmoid, min, max])")
-        if self.layer_dims is not None and len(self.layer_dims) != 4:
-            problems.append("layer_dims must have four entries")
         if problems:
             raise ManyviewError("invalid pairwise (DUSt3R) config: " + "; ".join(problems))
 
@@ -176,25 +164,7 @@ def pairwise_config(name: str) -> PairwiseConfig:
     return PRESETS[name]()
 
 
-# --------------------------------------------------------------------------------------------------- modules
-class PairHead(nn.Module):
-    """DPT over the four hooked layers of one view -> pointmap and confidence (keys ``dpt.*``)."""
-
-    def __init__(self, config: PairwiseConfig):
-        super().__init__()
-        feature_dim, last_dim, layer_dims = config.dpt_widths
-        dd = config.dec_embed_dim
-        self.depth_mode, self.conf_mode = list(config.depth_mode), list(config.conf_mode)
-        self.dpt = DPTHead([config.enc_embed_dim, dd, dd, dd], num_channels=4, patch_size=config.patch_size,
-                           feature_dim=feature_dim, last_dim=last_dim, layer_dims=layer_dims)
-
-    def forward(self, layers: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """4 x (B, h*w, C_i) -> points (B, H, W, 3), confidence (B, H, W), computed in float32 (as DUSt3R)."""
-        with torch.autocast(layers[0].device.type, enabled=False):
-            out = self.dpt([t.float() for t in layers], grid).permute(0, 2, 3, 1)
-        return points_from_raw(out[..., :3], self.depth_mode), confidence_from_raw(out[..., 3], self.conf_mode)
-
-
+# --------------------------------------------------------------------------------------------------- outputs
 class PairOutput(NamedTuple):
     pts1: Tensor  # (B, H1, W1, 3) view 1 in view 1's camera frame
     conf1: Tensor  # (B, H1, W1) > 1
@@ -212,6 +182,7 @@ class PairPredictions(NamedTuple):
     conf_j: Tensor  # (E, H, W)
 
 
+# --------------------------------------------------------------------------------------------------- network
 class PairwiseNet(RoPEViTEncoder, HubMixin):
     """The two-view network. ``PairwiseNet("tiny")``, ``PairwiseNet(PairwiseConfig(...))``,
     ``PairwiseNet.from_pretrained(path_or_repo)``."""
@@ -220,8 +191,8 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
 
     def __init__(self, config: PairwiseConfig | str = "tiny"):
         cfg = pairwise_config(config) if isinstance(config, str) else config
-        super().__init__(cfg.patch_size, cfg.enc_embed_dim, cfg.enc_depth, cfg.enc_num_heads, cfg.mlp_ratio,
-                         cfg.rope_freq)
+        spec = cfg.family
+        super().__init__(**spec.encoder_args())
         self.config = cfg
         dd = cfg.dec_embed_dim
         self.decoder_embed = nn.Linear(cfg.enc_embed_dim, dd)
@@ -232,8 +203,8 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
         self.dec_blocks = make()
         self.dec_blocks2 = make()
         self.dec_norm = nn.LayerNorm(dd, eps=1e-6)
-        self.downstream_head1 = PairHead(cfg)
-        self.downstream_head2 = PairHead(cfg)
+        self.downstream_head1 = PointmapHead(spec, float32=True)
+        self.downstream_head2 = PointmapHead(spec, float32=True)
         if cfg.freeze == "encoder":  # DUSt3R freezes the patch embedding and encoder blocks (not enc_norm)
             for p in list(self.patch_embed.parameters()) + list(self.enc_blocks.parameters()):
                 p.requires_grad_(False)
@@ -250,22 +221,79 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
                             if f".{k}".count(".dec_blocks.")})
         return tensors
 
-    # --------------------------------------------------------------------------------------------- stages
-    def _landscape(self, images: Tensor) -> tuple[Tensor, bool]:
-        """``landscape_only`` (DUSt3R's training setting): portrait images run transposed end to end."""
-        transposed = self.config.landscape_only and images.shape[-2] > images.shape[-1]
-        return (images.transpose(-1, -2) if transposed else images), transposed
+    # ------------------------------------------------------------------------------------------- entries
+    def forward(self, img1: Tensor, img2: Tensor) -> PairOutput:
+        """A batch of pairs: img1, img2 (B, 3, H, W) in [0, 1] (the two sides may differ in size) ->
+        (pts1, conf1, pts2_in_1, conf2), both pointmaps in img1's camera frame.
 
-    def _grid(self, images: Tensor) -> tuple[int, int]:
-        p = self.patch_size
-        if images.shape[-2] % p or images.shape[-1] % p:
-            raise ManyviewError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch "
-                                f"size {p}; resize or crop first (e.g. ImageLoadPolicy(patch_multiple={p}))")
-        return images.shape[-2] // p, images.shape[-1] // p
+        Both images of a pair are encoded here, as DUSt3R does (one encoder batch when they share a shape).
+        """
+        for name, img in (("img1", img1), ("img2", img2)):
+            if img.dim() != 4 or img.shape[1] != 3:
+                raise ManyviewError(f"{name} must be (B, 3, H, W), got {tuple(img.shape)}")
+        if img1.shape[0] != img2.shape[0]:
+            raise ManyviewError(f"img1 and img2 must hold the same number of pairs, got {img1.shape[0]} and "
+                                f"{img2.shape[0]}")
+        (x1, turned1), (x2, turned2) = self._orient(img1), self._orient(img2)
+        g1, g2 = patch_grid(x1, self.patch_size), patch_grid(x2, self.patch_size)
+        if x1.shape == x2.shape:
+            f1, f2 = self.encode(torch.cat((x1, x2))).chunk(2)
+        else:
+            f1, f2 = self.encode(x1), self.encode(x2)
+        return self.predict_pair(f1, g1, turned1, f2, g2, turned2)
+
+    def infer_pairs(self, images: Tensor, edges: Sequence[tuple[int, int]], batch_size: int = 8,
+                    cache_encoder: bool = True, dtype: torch.dtype | None = None,
+                    progress: PairProgress | None = None) -> PairPredictions:
+        """Run every pair (i, j) of ``edges`` over images (N, 3, H, W) in [0, 1], ``batch_size`` pairs at a time.
+
+        ``cache_encoder`` (default): encode each image once and reuse its tokens in every pair (N encoder passes);
+        False encodes both images of every pair, as DUSt3R's inference does (2E encoder passes, the reference the
+        cache is tested against). Decoders and heads always run once per ordered pair, as in DUSt3R.
+        Eval mode, ``torch.inference_mode``, optional autocast ``dtype``; outputs stay on the images' device.
+        ``progress(done, total)`` is called after each batch with the number of pairs done.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ManyviewError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        n, _, H, W = images.shape
+        edges = [(int(i), int(j)) for i, j in edges]
+        if not edges:
+            raise ManyviewError("no pairs given")
+        bad = [e for e in edges if not (0 <= e[0] < n and 0 <= e[1] < n)]
+        if bad:
+            raise ManyviewError(f"pair {bad[0]} refers to a view outside 0..{n - 1}")
+        if batch_size < 1:
+            raise ManyviewError(f"batch_size must be >= 1, got {batch_size}")
+        device = images.device
+        E = len(edges)
+        pts_i = torch.empty(E, H, W, 3, device=device)
+        pts_j, conf_i, conf_j = torch.empty_like(pts_i), torch.empty(E, H, W, device=device), \
+            torch.empty(E, H, W, device=device)
+        with inference(self, device.type, dtype):
+            x, turned = self._orient(images)
+            grid = patch_grid(x, self.patch_size)
+            tokens = torch.cat([self.encode(x[k: k + batch_size]) for k in range(0, n, batch_size)]) \
+                if cache_encoder else None
+            for b0 in range(0, E, batch_size):
+                ii = torch.tensor([i for i, _ in edges[b0: b0 + batch_size]], device=device)
+                jj = torch.tensor([j for _, j in edges[b0: b0 + batch_size]], device=device)
+                if tokens is not None:
+                    out = self.predict_pair(tokens[ii], grid, turned, tokens[jj], grid, turned)
+                else:
+                    out = self(images[ii], images[jj])
+                sl = slice(b0, b0 + len(ii))
+                pts_i[sl], conf_i[sl], pts_j[sl], conf_j[sl] = out
+                if progress is not None:
+                    progress(sl.stop, E)
+        return PairPredictions(edges, pts_i, pts_j, conf_i, conf_j)
+
+    # ---------------------------------------------------------------------------------------- the network
+    def _orient(self, images: Tensor) -> tuple[Tensor, bool]:
+        return to_network_orientation(images, self.config.landscape_only)
 
     def encode(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [0, 1] (already transposed when landscape_only) -> tokens (B, h*w, C_enc)."""
-        self._grid(images)
+        """images (B, 3, H, W) in [0, 1], in network orientation -> tokens (B, h*w, C_enc)."""
+        patch_grid(images, self.patch_size)
         tokens, _ = RoPEViTEncoder.forward(self, images * 2 - 1)
         return tokens
 
@@ -291,83 +319,10 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
                 out2.append(x2)
         return out1, out2
 
-    def _heads(self, f1: Tensor, grid1, t1: bool, f2: Tensor, grid2, t2: bool) -> PairOutput:
+    def predict_pair(self, f1: Tensor, grid1: tuple[int, int], turned1: bool, f2: Tensor, grid2: tuple[int, int],
+                     turned2: bool) -> PairOutput:
+        """Encoder tokens of both views -> decoders -> heads -> :class:`PairOutput` in the input orientation."""
         layers1, layers2 = self.decode(f1, grid1, f2, grid2)
-        pts1, conf1 = self.downstream_head1(layers1, grid1)
-        pts2, conf2 = self.downstream_head2(layers2, grid2)
-        if t1:
-            pts1, conf1 = pts1.transpose(1, 2), conf1.transpose(1, 2)
-        if t2:
-            pts2, conf2 = pts2.transpose(1, 2), conf2.transpose(1, 2)
+        pts1, conf1 = from_network_orientation(*self.downstream_head1(layers1, grid1), turned1)
+        pts2, conf2 = from_network_orientation(*self.downstream_head2(layers2, grid2), turned2)
         return PairOutput(pts1, conf1, pts2, conf2)
-
-    # ------------------------------------------------------------------------------------------- entries
-    def forward(self, img1: Tensor, img2: Tensor) -> PairOutput:
-        """A batch of pairs: img1, img2 (B, 3, H, W) in [0, 1] (the two sides may differ in size) ->
-        (pts1, conf1, pts2_in_1, conf2), both pointmaps in img1's camera frame.
-
-        Both images of a pair are encoded here, as DUSt3R does (one encoder batch when they share a shape).
-        """
-        for name, img in (("img1", img1), ("img2", img2)):
-            if img.dim() != 4 or img.shape[1] != 3:
-                raise ManyviewError(f"{name} must be (B, 3, H, W), got {tuple(img.shape)}")
-        if img1.shape[0] != img2.shape[0]:
-            raise ManyviewError(f"img1 and img2 must hold the same number of pairs, got {img1.shape[0]} and "
-                                f"{img2.shape[0]}")
-        (x1, t1), (x2, t2) = self._landscape(img1), self._landscape(img2)
-        g1, g2 = self._grid(x1), self._grid(x2)
-        if x1.shape == x2.shape:
-            f1, f2 = self.encode(torch.cat((x1, x2))).chunk(2)
-        else:
-            f1, f2 = self.encode(x1), self.encode(x2)
-        return self._heads(f1, g1, t1, f2, g2, t2)
-
-    def infer_pairs(self, images: Tensor, edges: Sequence[tuple[int, int]], batch_size: int = 8,
-                    cache_encoder: bool = True, dtype: torch.dtype | None = None,
-                    progress: bool = False) -> PairPredictions:
-        """Run every pair (i, j) of ``edges`` over images (N, 3, H, W) in [0, 1], ``batch_size`` pairs at a time.
-
-        ``cache_encoder`` (default): encode each image once and reuse its tokens in every pair (N encoder passes);
-        False encodes both images of every pair, as DUSt3R's inference does (2E encoder passes, the reference the
-        cache is tested against). Decoders and heads always run once per ordered pair, as in DUSt3R.
-        Eval mode, ``torch.inference_mode``, optional autocast ``dtype``; outputs stay on the images' device.
-        """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ManyviewError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-        n, _, H, W = images.shape
-        edges = [(int(i), int(j)) for i, j in edges]
-        if not edges:
-            raise ManyviewError("no pairs given")
-        bad = [e for e in edges if not (0 <= e[0] < n and 0 <= e[1] < n)]
-        if bad:
-            raise ManyviewError(f"pair {bad[0]} refers to a view outside 0..{n - 1}")
-        if batch_size < 1:
-            raise ManyviewError(f"batch_size must be >= 1, got {batch_size}")
-        device = images.device
-        E = len(edges)
-        pts_i = torch.empty(E, H, W, 3, device=device)
-        pts_j, conf_i, conf_j = torch.empty_like(pts_i), torch.empty(E, H, W, device=device), \
-            torch.empty(E, H, W, device=device)
-        was_training = self.training
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        try:
-            self.eval()
-            with torch.inference_mode(), autocast:
-                x, transposed = self._landscape(images)
-                grid = self._grid(x)
-                tokens = None
-                if cache_encoder:
-                    tokens = torch.cat([self.encode(x[k: k + batch_size]) for k in range(0, n, batch_size)])
-                bar = progress_bar(range(0, E, batch_size), desc="pairs", enabled=progress)
-                for b0 in bar:
-                    ii = torch.tensor([i for i, _ in edges[b0: b0 + batch_size]], device=device)
-                    jj = torch.tensor([j for _, j in edges[b0: b0 + batch_size]], device=device)
-                    if tokens is not None:
-                        out = self._heads(tokens[ii], grid, transposed, tokens[jj], grid, transposed)
-                    else:
-                        out = self(images[ii], images[jj])
-                    sl = slice(b0, b0 + len(ii))
-                    pts_i[sl], conf_i[sl], pts_j[sl], conf_j[sl] = out
-        finally:
-            self.train(was_training)
-        return PairPredictions(edges, pts_i, pts_j, conf_i, conf_j)

@@ -3,7 +3,7 @@
 Protocol (reference/lvsm.md §5): per scene, the context (input) and target frames named by an evaluation index
 (pixelSplat's ``evaluation_index_re10k.json``: ``{key: {"context": [i, j], "target": [...]} | null}``); frames
 LANCZOS-resized so the short side fits 256 and centre-cropped to 256 x 256; cameras of inputs and targets
-normalised together (:func:`~manyview.models.lvsm.normalize_poses`, as the released evaluations do); PSNR on
+normalised together (:func:`~manyview.geometry.poses.normalize_poses`, as the released evaluations do); PSNR on
 [0, 1]-clipped renders, SSIM as ``skimage.structural_similarity(win_size=11, gaussian_weights=True,
 data_range=1)`` (sample covariance, the skimage default), LPIPS with the VGG network (n/a when its weights are not
 on disk); each metric averaged over a scene's targets, then over scenes.
@@ -13,7 +13,7 @@ the target's; ``mean-input`` is the pixel-wise mean of the input views. A model 
 learned to use the cameras.
 
 Held-out synthetic scenes (:func:`synthetic_examples`) use seeds from
-:data:`~manyview.train.data.EVAL_SEED_START` on, which training never draws.
+:data:`~manyview.synth.samples.EVAL_SEED_START` on, which training never draws.
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from manyview.errors import ManyviewError
+from manyview.geometry.poses import normalize_poses
 from manyview.metrics.image import lpips, lpips_available, psnr, ssim
-from manyview.models.lvsm import normalize_poses
 from manyview.scene import Cameras, Views
+from manyview.synth.samples import EVAL_SEED_START, trajectory_frames
+from manyview.synth.scene import SceneKind
 
 BASELINES = ("nearest-input", "mean-input")
 METRICS = ("psnr", "ssim", "lpips")
@@ -206,16 +208,27 @@ def re10k_examples(root: str | os.PathLike, index_path: str | os.PathLike, size:
             next_key += 1
 
 
-def synthetic_examples(data=None, num_scenes: int = 16, seed_base: int | None = None,
+class TrajectoryData(Protocol):
+    """What :func:`synthetic_examples` reads of a description of synthetic training data: the fields of
+    :class:`manyview.train.lvsm_task.LVSMDataConfig`, so that a model is evaluated on the kind of trajectories it
+    was trained on."""
+
+    kinds: Sequence[SceneKind]
+    num_scenes: int  # training seeds are [0, num_scenes): evaluation seeds must lie beyond
+    frames: int
+    image_size: int
+    supersample: int
+    orbit_arc_deg: float
+    min_frame_dist: int
+    max_frame_dist: int
+
+
+def synthetic_examples(data: TrajectoryData, num_scenes: int = 16, seed_base: int | None = None,
                        num_targets: int = 3) -> Iterator[NVSExample]:
     """Held-out procedural scenes, each rendered along its trajectory as in training
-    (:class:`~manyview.train.lvsm_task.LVSMDataConfig`): the inputs are the ends of a window of
-    (min_frame_dist + max_frame_dist) / 2 frames, the targets ``num_targets`` frames evenly spaced strictly between
-    them (inputs excluded, as in the RE10K protocol)."""
-    from manyview.train.data import EVAL_SEED_START
-    from manyview.train.lvsm_task import LVSMDataConfig, synthetic_trajectory
-
-    data = data or LVSMDataConfig()
+    (:func:`manyview.synth.samples.trajectory_frames` with ``data``'s fields): the inputs are the ends of a window
+    of (min_frame_dist + max_frame_dist) / 2 frames, the targets ``num_targets`` frames evenly spaced strictly
+    between them (inputs excluded, as in the RE10K protocol)."""
     seed_base = EVAL_SEED_START if seed_base is None else seed_base
     if seed_base < data.num_scenes:
         raise ManyviewError(f"evaluation seeds start at {seed_base}, inside the training seeds [0, {data.num_scenes})")
@@ -224,7 +237,8 @@ def synthetic_examples(data=None, num_scenes: int = 16, seed_base: int | None = 
         raise ManyviewError(f"trajectories of {data.frames} frames leave no frame between the inputs")
     for i in range(num_scenes):
         seed = seed_base + i
-        images, fxfycxcy, c2w = synthetic_trajectory(seed, data)
+        images, fxfycxcy, c2w = trajectory_frames(seed, data.kinds, data.frames, data.image_size, data.supersample,
+                                                  data.orbit_arc_deg)
         start = (data.frames - 1 - span) // 2
         inner = torch.linspace(start, start + span, num_targets + 2)[1:-1].round().long().clamp(start + 1,
                                                                                               start + span - 1)
@@ -236,5 +250,6 @@ def synthetic_examples(data=None, num_scenes: int = 16, seed_base: int | None = 
         yield NVSExample(f"synth-{seed}", views[[0, 1]], views[list(range(2, len(idx)))])
 
 
-__all__ = ["BASELINES", "METRICS", "NVSEvaluation", "NVSExample", "PROTOCOL_SIZE", "evaluate", "image_metrics",
-           "mean_input", "nearest_input", "normalized_cameras", "re10k_examples", "synthetic_examples"]
+__all__ = ["BASELINES", "METRICS", "NVSEvaluation", "NVSExample", "PROTOCOL_SIZE", "TrajectoryData", "evaluate",
+           "image_metrics", "mean_input", "nearest_input", "normalized_cameras", "re10k_examples",
+           "synthetic_examples"]

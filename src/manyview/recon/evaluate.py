@@ -30,7 +30,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -43,8 +42,6 @@ from manyview.metrics.pose import accuracy_at, mean_average_accuracy, relative_p
 from manyview.scene import Cameras
 
 POSE_KEYS = ("RRA@5", "RRA@15", "RTA@5", "RTA@15", "mAA@30")
-BUNDLED_WEIGHTS = Path(str(resources.files("manyview").joinpath("assets", "fast3r_bundled")))
-
 
 
 @dataclass
@@ -68,11 +65,13 @@ class SyntheticEval:
 def load_fast3r(weights: str | os.PathLike | None = None, preset: str = "tiny"):
     """Fast3R from a Hugging Face folder (config.json + model.safetensors), from a trainer checkpoint folder
     (model.safetensors without config.json: the architecture is ``preset``), or the bundled weights (None)."""
+    from manyview import assets
     from manyview.models.fast3r import Fast3R
 
-    path = BUNDLED_WEIGHTS if weights is None else Path(weights)
-    if weights is None and not (path / "model.safetensors").is_file():
-        raise ManyviewError("the bundled Fast3R weights are not installed; pass --weights", path)
+    path = assets.bundled_model_dir("fast3r") if weights is None else Path(weights)
+    if path is None:
+        raise ManyviewError("the bundled Fast3R weights are not installed; pass --weights",
+                            assets.bundled_path("fast3r"))
     if not path.exists():
         raise ManyviewError("no such weights file or folder", path)
     folder = path if path.is_dir() else path.parent
@@ -189,7 +188,7 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
     view pairs whose true relative rotation is already small, the floor a method has to beat (its RTA is 0).
     """
     from manyview.synth import generate
-    from manyview.train.data import eval_scene_seed, views_to_sample
+    from manyview.synth.samples import eval_scene_seed, views_to_sample
 
     methods: list[tuple[str, Any]] = []
     if fast3r is not None:

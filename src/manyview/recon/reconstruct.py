@@ -10,9 +10,7 @@
 Both record in ``Reconstruction.info``: ``num_views``, ``image_size``, wall time per stage (``timings_s``), peak
 memory (``peak_memory``), ``mean_confidence``, ``num_points``, the device and dtype. Peak memory is the increase
 over the level at the start of the call (activations, outputs, optimiser state; the model's weights are already
-resident) plus the absolute peak: on CUDA from ``torch.cuda.max_memory_allocated``; on the CPU from the process's
-resident set (``ru_maxrss``, exact when the call sets a new high-water mark of the process, else a 10 ms sampling
-of ``/proc/self/statm``). Measure in a fresh process when the absolute peak matters.
+resident) plus the absolute peak (:class:`manyview.profiling.MemoryMeter` says how each is measured).
 
 Inputs: a :class:`~manyview.scene.Views`, an (N, 3, H, W) tensor in [0, 1], or image files / a folder, loaded with
 :func:`reconstruction_policy` (the DUSt3R / Fast3R conventions: ``size=512`` scales the long side to 512 and crops
@@ -24,12 +22,8 @@ one view. Results are on the CPU, in the camera frame of the first (selected) vi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import resource
-import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,8 +32,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from manyview.device import resolve_device
 from manyview.errors import ManyviewError
 from manyview.geometry.alignment import percentile_mask
+from manyview.profiling import MemoryMeter, StageTimer
 from manyview.progress import progress as progress_bar
 from manyview.recon.cameras_from_pointmaps import build_reconstruction
 from manyview.recon.global_alignment import GlobalAlignmentConfig, ProgressCallback, global_alignment
@@ -98,19 +94,6 @@ def select_views(num_views: int, max_views: int | None) -> list[int]:
     return torch.linspace(0, num_views - 1, max_views).round().long().tolist()
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ManyviewError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ManyviewError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return device
-
-
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """Autocast dtype: None / 'float32' = full precision; 'bfloat16' / 'float16' (or torch dtypes)."""
     if dtype is None or isinstance(dtype, torch.dtype):
@@ -118,84 +101,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if str(dtype) not in _DTYPES:
         raise ManyviewError(f"unknown dtype {dtype!r}; choose from float32, bfloat16, float16")
     return _DTYPES[str(dtype)]
-
-
-# ------------------------------------------------------------------------------------------------- measuring
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _maxrss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-
-class MemoryMeter:
-    """Peak memory of a block: ``increase_bytes`` over the start, ``peak_bytes`` absolute (see module docstring)."""
-
-    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.01):
-        self.device = torch.device(device)
-        self.interval_s = interval_s
-        self.increase_bytes = 0
-        self.peak_bytes = 0
-        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_resident_set"
-
-    def __enter__(self) -> "MemoryMeter":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        self._start = _rss_bytes() or _maxrss_bytes()
-        self._maxrss0 = _maxrss_bytes()
-        self._sampled = self._start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            rss = _rss_bytes()
-            if rss is None:
-                return
-            self._sampled = max(self._sampled, rss)
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            maxrss = _maxrss_bytes()
-            self.peak_bytes = maxrss if maxrss > self._maxrss0 else max(self._sampled, _rss_bytes() or 0)
-        self.increase_bytes = max(0, self.peak_bytes - self._start)
-
-    def as_dict(self) -> dict:
-        return {"increase_bytes": int(self.increase_bytes), "peak_bytes": int(self.peak_bytes), "kind": self.kind}
-
-
-class _Stages:
-    """Wall time per named stage (synchronising CUDA so that asynchronous kernels are counted)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times[name] = time.perf_counter() - t0
 
 
 def _prepare(views_or_images: ImagesLike, model, max_views: int | None, size: int, square: bool | None):
@@ -214,7 +119,7 @@ def _prepare(views_or_images: ImagesLike, model, max_views: int | None, size: in
     return images.float(), names, chosen
 
 
-def _common_info(method: str, model, images: Tensor, chosen: list[int], device, dtype, stages: _Stages,
+def _common_info(method: str, model, images: Tensor, chosen: list[int], device, dtype, stages: StageTimer,
                  meter: MemoryMeter, total: float, rec: Reconstruction) -> dict:
     return {
         "method": method,
@@ -263,7 +168,7 @@ def reconstruct(views_or_images: ImagesLike, model, *, max_views: int | None = N
     device, autocast = resolve_device(device), resolve_dtype(dtype)
     images, names, chosen = _prepare(views_or_images, model, max_views, size, square)
     model.to(device)
-    stages = _Stages(device)
+    stages = StageTimer(device)
     bar = progress_bar(total=2, desc="fast3r", enabled=progress)
     t0 = time.perf_counter()
     with MemoryMeter(device) as meter:
@@ -313,12 +218,17 @@ def reconstruct_pairwise(views_or_images: ImagesLike, model, *, graph: str = "co
     ga = ga or GlobalAlignmentConfig()
     edges = make_pairs(images.shape[0], graph)
     model.to(device)
-    stages = _Stages(device)
+    stages = StageTimer(device)
     t0 = time.perf_counter()
     with MemoryMeter(device) as meter:
         with stages("pair_inference"):
-            preds = model.infer_pairs(images.to(device), edges, batch_size=batch_size, cache_encoder=cache_encoder,
-                                      dtype=autocast, progress=progress)
+            pair_bar = progress_bar(total=len(edges), desc="pairs", enabled=progress)
+            try:
+                preds = model.infer_pairs(images.to(device), edges, batch_size=batch_size,
+                                          cache_encoder=cache_encoder, dtype=autocast,
+                                          progress=lambda done, total: pair_bar.update(done - pair_bar.n))
+            finally:
+                pair_bar.close()
         with stages("global_alignment"):
             bar = progress_bar(total=ga.iterations, desc="global alignment", enabled=progress)
 

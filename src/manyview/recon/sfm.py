@@ -45,7 +45,9 @@ from torch import Tensor
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory, atomic_path
 from manyview.io.colmap import has_pose, pose_matrix
-from manyview.io.images import DEFAULT_MAX_PIXELS, open_image, list_images, write_image
+from manyview.io.image_decode import DEFAULT_MAX_PIXELS, open_image
+from manyview.io.image_writers import write_image
+from manyview.io.images import list_images
 from manyview.progress import progress as progress_bar
 from manyview.scene import Cameras, PointCloud, Views
 

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from manyview.geometry.poses import look_at, orbit_poses
 from manyview.geometry.rotation import matrix_to_quaternion, quaternion_to_matrix
 from manyview.geometry.transforms import invert_rigid, rigid as _rigid
 
@@ -77,12 +78,8 @@ class Cameras:
     @classmethod
     def look_at(cls, eye: Tensor, target: Tensor, up: Tensor, fxfycxcy: Tensor, image_size) -> "Cameras":
         """Cameras at ``eye`` looking at ``target``; ``up`` is the world direction that appears up in the image."""
-        eye, target, up = torch.broadcast_tensors(eye, target, up.to(eye))
-        z = torch.nn.functional.normalize(target - eye, dim=-1)
-        x = torch.nn.functional.normalize(torch.cross(-up, z, dim=-1), dim=-1)
-        y = torch.cross(z, x, dim=-1)
-        R = torch.stack([x, y, z], dim=-1)
-        return cls(fxfycxcy.expand(eye.shape[:-1] + (4,)), _rigid(R, eye), torch.as_tensor(image_size))
+        c2w = look_at(eye, target, up)
+        return cls(fxfycxcy.expand(c2w.shape[:-2] + (4,)), c2w, torch.as_tensor(image_size))
 
     @staticmethod
     def cat(cameras: Sequence["Cameras"], dim: int = 0) -> "Cameras":
@@ -202,6 +199,14 @@ class Cameras:
         new_R = rot @ c2w[..., :3, :3]
         new_t = (torch.as_tensor(scale, dtype=c2w.dtype) * (rot @ c2w[..., :3, 3:4]))[..., 0] + T[..., :3, 3]
         return self.with_poses(_rigid(new_R, new_t))
+
+    def orbit(self, n: int) -> "Cameras":
+        """``n`` cameras on a circle through these cameras' mean centre, around the vertical they share, looking at
+        the point they look at (:func:`manyview.geometry.poses.orbit_poses`); intrinsics and image size are the
+        first camera's."""
+        c2w = orbit_poses(self.c2w.reshape(-1, 4, 4), n)
+        first = self.fxfycxcy.reshape(-1, 4)[0]
+        return Cameras(first.expand(n, 4), c2w, self.image_size.reshape(-1, 2)[0].expand(n, 2))
 
     def resized(self, height: int, width: int) -> "Cameras":
         """Cameras for images resampled to (height, width) covering the same field of view."""

@@ -1,12 +1,13 @@
-"""Gaussian splatting: Gaussians, the 3DGS PLY format, initialisation from points, one ``render()``, and
-3DGS densification."""
+"""Gaussian splatting: Gaussians, the 3DGS PLY format, initialisation from points, one ``render()`` over
+registered backends of one interface, and 3DGS densification."""
 
+from manyview.splat.backend import Backend, RenderSettings
 from manyview.splat.gaussians import Gaussians, GaussianStore
 from manyview.splat.init import from_points, random_in_box
 from manyview.splat.ply import read_ply, write_ply
-from manyview.splat.render import render
+from manyview.splat.render import register_backend, render
 from manyview.splat.strategy import DensifyStrategy
 from manyview.splat.types import Projected, RenderOutput
 
-__all__ = ["DensifyStrategy", "GaussianStore", "Gaussians", "Projected", "RenderOutput", "from_points",
-           "random_in_box", "read_ply", "render", "write_ply"]
+__all__ = ["Backend", "DensifyStrategy", "GaussianStore", "Gaussians", "Projected", "RenderOutput", "RenderSettings",
+           "from_points", "random_in_box", "read_ply", "register_backend", "render", "write_ply"]

@@ -23,6 +23,7 @@ from torch import Tensor
 from manyview.errors import ManyviewError
 from manyview.scene import Cameras
 from manyview.splat import _cpu_kernels as K
+from manyview.splat.backend import RenderSettings, StagedBackend
 from manyview.splat.gaussians import GaussianStore
 from manyview.splat.types import EPS2D, Projected
 
@@ -255,3 +256,28 @@ def rasterize(proj: Projected, features: Tensor, height: int, width: int, tile_s
     isect = intersect(proj, height, width, tile_size)
     return _Rasterize.apply(proj.means2d, proj.conics, proj.opacities, features.to(torch.float32).contiguous(),
                             proj.radii, isect, width, height, tile_size, stats)
+
+
+# ------------------------------------------------------------------------------------------------ backend
+class CpuBackend(StagedBackend):
+    """float32 in and out, Gaussians on the CPU; gradients for the Gaussians only."""
+
+    name = "cpu"
+    compute_dtype = torch.float32
+
+    def check(self, gaussians: GaussianStore) -> None:
+        if gaussians.means.device.type != "cpu":
+            raise ManyviewError("the cpu render backend needs the Gaussians on the CPU")
+
+    def project(self, gaussians: GaussianStore, cameras: Cameras, settings: RenderSettings) -> Projected:
+        return project(gaussians, cameras, settings.mode, settings.near, settings.far)
+
+    def shade(self, gaussians: GaussianStore, cameras: Cameras, settings: RenderSettings, proj: Projected) -> Tensor:
+        return shade(gaussians, cameras, settings.sh_degree, proj)
+
+    def rasterize(self, proj: Projected, features: Tensor, height: int, width: int,
+                  settings: RenderSettings) -> tuple[Tensor, Tensor]:
+        return rasterize(proj, features, height, width, settings.tile_size)
+
+
+BACKEND = CpuBackend()

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 
 from manyview.scene import Cameras
+from manyview.splat import backend
+from manyview.splat.backend import RenderSettings, StagedBackend
 from manyview.splat.gaussians import GaussianStore
 from manyview.splat.types import (
     ALPHA_MAX,
@@ -118,3 +120,26 @@ def rasterize(proj: Projected, features: Tensor, height: int, width: int,
     accum = torch.cat([a for a, _ in parts], dim=1).reshape(C, height, width, D)
     alpha = torch.cat([b for _, b in parts], dim=1).reshape(C, height, width)
     return accum, alpha
+
+
+class ReferenceBackend(StagedBackend):
+    """Computes in float64 whatever the input; returns the Gaussians' own dtype."""
+
+    name = "reference"
+    compute_dtype = torch.float64
+
+    def output_dtype(self, gaussians: GaussianStore) -> torch.dtype:
+        return gaussians.means.dtype
+
+    def project(self, gaussians: GaussianStore, cameras: Cameras, settings: RenderSettings) -> Projected:
+        return project(gaussians, cameras, settings.mode, settings.near, settings.far)
+
+    def shade(self, gaussians: GaussianStore, cameras: Cameras, settings: RenderSettings, proj: Projected) -> Tensor:
+        return backend.shade(gaussians, cameras, settings.sh_degree)
+
+    def rasterize(self, proj: Projected, features: Tensor, height: int, width: int,
+                  settings: RenderSettings) -> tuple[Tensor, Tensor]:
+        return rasterize(proj, features, height, width)
+
+
+BACKEND = ReferenceBackend()

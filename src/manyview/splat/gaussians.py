@@ -1,8 +1,9 @@
 """Gaussians: the parameters of a 3D Gaussian splatting scene, stored pre-activation as 3DGS stores them.
 
 Storage is the raw, optimisable form (log-scales, opacity logits, unnormalised quaternions, SH coefficients);
-activated values are properties. Renderers only read the six tensors named in :class:`GaussianStore`, so a
-container that shards them across devices can stand in for :class:`Gaussians` without the renderer changing.
+activated values are properties. Renderers only read the six tensors named in :class:`GaussianStore` and ask the
+store itself for a dtype or device (``to``), so a container that shards them across devices can stand in for
+:class:`Gaussians` without the renderer changing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ PARAMETER_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "s
 @runtime_checkable
 class GaussianStore(Protocol):
     """What a renderer reads. Shapes: means (P, 3), log_scales (P, 3), quats (P, 4) w first,
-    opacity_logits (P,), sh_dc (P, 1, 3), sh_rest (P, K - 1, 3)."""
+    opacity_logits (P,), sh_dc (P, 1, 3), sh_rest (P, K - 1, 3). ``to`` takes ``Tensor.to``'s arguments
+    and returns a store of the same kind (backends convert through it, keeping gradients flowing to the store)."""
 
     means: Tensor
     log_scales: Tensor
@@ -31,6 +33,8 @@ class GaussianStore(Protocol):
     opacity_logits: Tensor
     sh_dc: Tensor
     sh_rest: Tensor
+
+    def to(self, *args, **kwargs) -> GaussianStore: ...
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,51 +30,97 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from manyview.errors import ManyviewError
-from manyview.io.atomic import atomic_directory, atomic_open
+from manyview.errors import ManyviewError, require
+from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder, make_folder
 from manyview.metrics.image import lpips, lpips_available, psnr, ssim
 from manyview.progress import progress
 from manyview.scene import PointCloud, Views
 from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
 from manyview.splat.init import from_points, random_in_box
 from manyview.splat.ply import write_ply
-from manyview.splat.render import render
+from manyview.splat.render import backend_names, render
 from manyview.splat.strategy import DensifyStrategy
 
 CHECKPOINT_DIR = "checkpoints"
 PLY_NAME = "splat.ply"
 EVAL_NAME = "eval.json"
 CAMERAS_NAME = "transforms.json"  # the dataset's cameras, for ``manyview render --orbit``
+RUN_NAMES = (CHECKPOINT_DIR, PLY_NAME, EVAL_NAME, CAMERAS_NAME)  # everything a run writes into its folder
 
 
 @dataclass
 class SplatTrainConfig:
+    """One splat training run (``manyview splat`` takes its options from these fields)."""
+
     iterations: int = 30_000
+    """Optimisation steps (one training view each)."""
     sh_degree: int = 3
-    sh_increase_every: int = 1000  # active SH degree = min(sh_degree, step // sh_increase_every)
-    lr_means: float = 1.6e-4  # x scene extent
-    lr_means_final: float = 1.6e-6  # x scene extent, reached at the last iteration
+    """Highest spherical-harmonics degree of the colours (0..3)."""
+    sh_increase_every: int = 1000
+    """Active SH degree = min(sh_degree, step // sh_increase_every)."""
+    lr_means: float = 1.6e-4
+    """Learning rate of the centres, x scene extent."""
+    lr_means_final: float = 1.6e-6
+    """Learning rate of the centres at the last iteration, x scene extent."""
     lr_sh_dc: float = 2.5e-3
     lr_sh_rest: float = 2.5e-3 / 20
-    lr_opacity: float = 0.025  # recent 3DGS (the paper: 0.05)
+    lr_opacity: float = 0.025
+    """Recent 3DGS (the paper: 0.05)."""
     lr_scaling: float = 5e-3
     lr_rotation: float = 1e-3
     lambda_dssim: float = 0.2
+    """Loss (1 - l) L1 + l (1 - SSIM)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    random_background: bool = False  # a random background colour per step (evaluation uses ``background``)
-    test_every: int = 8  # views with i % test_every == 0 are held out; 0 trains on all views
-    eval_every: int = 0  # held-out PSNR every N steps into eval.json's history (0: only at the end)
-    checkpoint_every: int = 1000  # 0: no checkpoints except at the end
-    max_init_points: int = 100_000  # initial points are subsampled to at most this many
-    random_init_points: int = 10_000  # Gaussians in the cameras' bounding box when the dataset has no points
+    """RGB in [0, 1] behind the Gaussians (training and evaluation)."""
+    random_background: bool = False
+    """A random background colour per training step (evaluation uses ``background``)."""
+    test_every: int = 8
+    """Views with i % test_every == 0 are held out; 0 trains on all views."""
+    eval_every: int = 0
+    """Held-out PSNR every N steps into eval.json's history (0: only at the end)."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (0: only at the end)."""
+    max_init_points: int = 100_000
+    """Initial points are subsampled to at most this many."""
+    random_init_points: int = 10_000
+    """Random Gaussians in the cameras' bounding box when the dataset has no points."""
     init_opacity: float = 0.1
     backend: str = "auto"
+    """Rasterizer backend (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
     seed: int = 0
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
     scale_schedule: bool = False
     """Runs shorter than 30k steps stretch ``densify``'s schedule (refine start / stop, opacity resets) by
     iterations / 30k, as gsplat's ``steps_scaler`` does (``manyview splat`` turns this on); False uses ``densify``
     as given."""
+
+    def __post_init__(self):
+        require(self.iterations >= 1, "iterations", "at least 1", self.iterations)
+        require(0 <= self.sh_degree <= 3, "sh_degree", "between 0 and 3", self.sh_degree)
+        for name in ("sh_increase_every", "test_every", "eval_every", "checkpoint_every"):
+            require(getattr(self, name) >= 0, name, "at least 0", getattr(self, name))
+        for name in ("max_init_points", "random_init_points"):
+            require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        for name in ("lr_means", "lr_means_final"):  # the schedule interpolates their logarithms
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, name, "a positive number", value)
+        for name in ("lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scaling", "lr_rotation"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
+        require(0 <= self.lambda_dssim <= 1, "lambda_dssim", "between 0 and 1", self.lambda_dssim)
+        require(0 < self.init_opacity < 1, "init_opacity", "between 0 and 1 (exclusive)", self.init_opacity)
+        require(len(self.background) == 3 and all(0 <= c <= 1 for c in self.background), "background",
+                "three numbers between 0 and 1", tuple(self.background))
+        require(self.backend in backend_names(), "backend", f"one of {', '.join(backend_names())}", self.backend)
+        d = self.densify
+        for name in ("refine_every", "reset_every"):  # step % value
+            require(getattr(d, name) >= 1, f"densify.{name}", "at least 1", getattr(d, name))
+        for name in ("refine_start_iter", "refine_stop_iter"):
+            require(getattr(d, name) >= 0, f"densify.{name}", "at least 0", getattr(d, name))
+        require(0 <= d.prune_opa < 1, "densify.prune_opa", "between 0 and 1", d.prune_opa)
+        for name in ("grow_grad2d", "grow_scale3d", "prune_scale3d"):
+            require(getattr(d, name) >= 0, f"densify.{name}", "a number >= 0", getattr(d, name))
+        require(d.split_factor > 0, "densify.split_factor", "a positive number", d.split_factor)
 
     def strategy(self) -> DensifyStrategy:
         """The densification schedule this run uses (see ``scale_schedule``)."""
@@ -86,6 +132,22 @@ class SplatTrainConfig:
         """Log-linear interpolation from lr_means to lr_means_final over the run (3DGS's expon_lr_func)."""
         t = min(max(step / max(self.iterations, 1), 0.0), 1.0)
         return extent * math.exp((1 - t) * math.log(self.lr_means) + t * math.log(self.lr_means_final))
+
+
+def check_run_folder(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output folder that is a file, cannot be made, or holds anything but an earlier run's outputs:
+    a run writes splat.ply, eval.json and transforms.json into it and must not overwrite a dataset's."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        visible = [p.name for p in out_dir.iterdir() if not p.name.startswith(".")]
+        ours = (out_dir / CHECKPOINT_DIR).is_dir() or (out_dir / EVAL_NAME).is_file()
+        foreign = sorted(set(visible) - set(RUN_NAMES))
+        if visible and (foreign or not ours):
+            listed = ", ".join(foreign[:3] or visible[:3])
+            raise ManyviewError(f"refusing to write a splat run into a folder that holds other files ({listed}); "
+                                "give a new or empty folder, or an earlier run's", out_dir)
+        return out_dir
+    return check_output_folder(out_dir, ())
 
 
 def _all_finite(tensors: list[Tensor | None]) -> bool:
@@ -293,25 +355,69 @@ class SplatTrainer:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> int:
-        """Restore from ``path`` (default: the latest checkpoint in out_dir); returns the restored step."""
-        from safetensors.torch import load_file
+        """Restore from ``path`` (default: the latest checkpoint in out_dir); returns the restored step.
 
+        A damaged or foreign checkpoint raises ManyviewError naming the file and saying how to go on; nothing
+        of this trainer changes unless the whole checkpoint fits it."""
+        from manyview.io.tensor_files import read_pickle, read_safetensors, sniff_format
+
+        found = self.checkpoint_dirs()
         if path is None:
-            found = self.checkpoint_dirs()
             if not found:
                 raise ManyviewError("no checkpoint to resume from", self.out_dir / CHECKPOINT_DIR)
             path = found[-1]
         path = Path(path)
+        earlier = [p for p in found if p.name < path.name]
+        how = (f"remove {path} to resume from {earlier[-1].name}, or start over without --resume" if earlier
+               else "start over without --resume (or with a new --out)")
+
+        def damaged(file: Path, what: str) -> ManyviewError:
+            return ManyviewError(f"this checkpoint is damaged: {what}; {how}", file)
+
+        files = {name: path / name for name in ("gaussians.safetensors", "optimizer.safetensors",
+                                                 "strategy.safetensors", "state.pt")}
+        for file in files.values():
+            if not file.is_file():
+                raise damaged(file, "this file of the checkpoint is missing")
+        if sniff_format(files["state.pt"]) != "pickle":
+            raise damaged(files["state.pt"], "not a PyTorch file (truncated or overwritten?)")
         try:
-            tensors = load_file(str(path / "gaussians.safetensors"))
-            moments = load_file(str(path / "optimizer.safetensors"))
-            strategy_state = load_file(str(path / "strategy.safetensors"))
-            state = torch.load(path / "state.pt", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ManyviewError(f"unreadable checkpoint: {exc}", path) from exc
+            tensors = read_safetensors(files["gaussians.safetensors"])[0]
+            moments = read_safetensors(files["optimizer.safetensors"])[0]
+            strategy_state = read_safetensors(files["strategy.safetensors"])[0]
+            state = read_pickle(files["state.pt"], what="checkpoint state")
+        except ManyviewError as exc:  # names the file that cannot be read
+            raise damaged(Path(exc.path) if exc.path else path, exc.message) from None
+        missing = [n for n in PARAMETER_NAMES if n not in tensors]
+        if missing or len({tensors[n].shape[0] for n in PARAMETER_NAMES}) != 1:
+            raise damaged(files["gaussians.safetensors"], f"not a set of Gaussians (missing {missing})" if missing
+                          else "the Gaussian parameters disagree in their count")
+        keys = ("step", "order", "generator", "torch_rng", "skipped", "history", "train_time", "num_views")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise damaged(files["state.pt"], "not a splat trainer state")
+        degree = math.isqrt(tensors["sh_rest"].shape[1] + 1) - 1 if tensors["sh_rest"].ndim == 3 else -1
+        if degree != self.config.sh_degree:
+            raise ManyviewError(f"this checkpoint has SH degree {degree} but the run asks for {self.config.sh_degree}; "
+                                f"resume with sh_degree {degree} (--sh-degree {degree}), or start over without "
+                                "--resume", path)
         if state["num_views"] != len(self.views):
             raise ManyviewError(f"checkpoint was trained on {state['num_views']} views, this dataset has "
                                 f"{len(self.views)}", path)
+        generator = torch.Generator()
+        try:
+            generator.set_state(state["generator"])
+            torch_rng = torch.Generator()
+            torch_rng.set_state(state["torch_rng"])
+            order = [int(i) for i in state["order"]]
+            skipped = [int(i) for i in state["skipped"]]
+            history = json.loads(state["history"])
+            step, train_time = int(state["step"]), float(state["train_time"])
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise damaged(files["state.pt"], f"its contents do not fit a splat trainer state ({type(exc).__name__})")
+        if any(i not in self.train_ids for i in order):
+            raise ManyviewError("the checkpoint's remaining view order names views this run does not train on "
+                                "(a different test_every?); resume with the same settings, or start over without "
+                                "--resume", path)
         self.params = {n: torch.nn.Parameter(tensors[n].clone()) for n in PARAMETER_NAMES}
         for name, opt in self.optimizers.items():
             opt.param_groups[0]["params"] = [self.params[name]]
@@ -320,13 +426,13 @@ class SplatTrainer:
             if own:
                 opt.state[self.params[name]] = own
         self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
-        self.step = int(state["step"])
-        self.order = [int(i) for i in state["order"]]
-        self.generator.set_state(state["generator"])
+        self.step = step
+        self.order = order
+        self.generator.set_state(generator.get_state())
         torch.set_rng_state(state["torch_rng"])
-        self.skipped = [int(s) for s in state["skipped"]]
-        self.history = json.loads(state["history"])
-        self.train_time = float(state["train_time"])
+        self.skipped = skipped
+        self.history = history
+        self.train_time = train_time
         self.optimizers["means"].param_groups[0]["lr"] = self.config.lr_means_at(self.step, self.extent)
         return self.step
 
@@ -335,10 +441,11 @@ class SplatTrainer:
         """Run to ``config.iterations`` (or ``stop_at``), checkpointing on schedule; at the end write the PLY
         and eval.json. Returns the evaluation dict. ``resume`` continues from the latest checkpoint if any."""
         cfg = self.config
+        check_run_folder(self.out_dir)
         if resume and self.checkpoint_dirs():
             self.resumed_from = self.load_checkpoint()
         end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out_dir)
         bar = progress(total=end, desc="splat", enabled=show_progress, initial=self.step)
         start = time.perf_counter() - self.train_time
         try:

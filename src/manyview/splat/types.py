@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 EPS2D = 0.3  # low-pass dilation of the 2D covariance, px^2
@@ -56,3 +57,9 @@ class RenderOutput:
     depth: Tensor  # (C, H, W) expected z-depth sum(w z) / sum(w); 0 where alpha is 0
     means2d: Tensor  # (C, P, 2) projected centres; call .retain_grad() to collect densification statistics
     radii: Tensor  # (C, P, 2) pixel half-extents, 0 where the Gaussian was culled for that camera
+
+    def to(self, dtype: torch.dtype) -> RenderOutput:
+        """Every tensor in ``dtype`` (self when it already is)."""
+        if self.rgb.dtype == dtype:
+            return self
+        return RenderOutput(*(t.to(dtype) for t in (self.rgb, self.alpha, self.depth, self.means2d, self.radii)))

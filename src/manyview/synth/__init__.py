@@ -4,6 +4,8 @@
 >>> scene, views = generate(seed=3, kind="object", num_views=8, height=256, width=256)
 
 ``views`` is a ``manyview.scene.Views`` with images, cameras, z-depths, world normals and masks.
+:mod:`manyview.synth.samples` holds the held-out evaluation seeds and the ground-truth sample dicts that training and
+evaluation share.
 """
 
 from manyview.synth.generate import SAMPLE_SEED, generate, sample_scene

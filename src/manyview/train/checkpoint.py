@@ -9,7 +9,8 @@ Layout of ``out_dir/checkpoints/step_000001000/`` (the step is the number of fin
 
 The directory is built under a temporary name and renamed into place once every rank has written its part,
 so a crash during a save leaves the previous checkpoints untouched. Everything is read back with
-``safetensors`` or ``torch.load(weights_only=True)``; nothing is unpickled.
+``safetensors`` or ``torch.load(weights_only=True)`` (:mod:`manyview.io.tensor_files`); nothing is unpickled. A
+damaged file is named, with what to do instead (resume from an earlier checkpoint, or start over).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory
+from manyview.io.tensor_files import read_pickle, read_safetensors, sniff_format
 from manyview.train.distributed import DistEnv, all_true, barrier, broadcast_object
 
 _NAME = re.compile(r"^step_(\d{9,})$")
@@ -174,6 +176,14 @@ def _check_optimizer_state(state: dict[str, Any], path: Path) -> None:
         raise ManyviewError(f"optim.pt has state for parameters outside its param groups: {unknown[:5]}", path)
 
 
+def _damaged(checkpoint: Path, file: Path, what: str) -> ManyviewError:
+    """A damaged checkpoint, named by its file, and what to do instead: an earlier checkpoint, or a fresh start."""
+    earlier = [p for p in list_checkpoints(checkpoint.parent) if p.name < checkpoint.name]
+    how = (f"remove {checkpoint} to resume from {earlier[-1].name}" if earlier else
+           "start over without resuming (--train.resume False, or another output folder)")
+    return ManyviewError(f"this checkpoint is damaged: {what}; {how}", file)
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                     env: DistEnv) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load weights and optimizer state into the (wrapped) ``model`` / ``optimizer`` on every rank.
@@ -197,13 +207,18 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     files = {name: path / name for name in ("model.safetensors", "optim.pt", f"rank{env.rank}.pt")}
     for name, file in files.items():
         if not file.is_file():
-            raise ManyviewError(f"checkpoint is missing {name}", path)
+            raise _damaged(path, file, f"the checkpoint is missing {name}")
     try:
-        model_state = load_file(str(files["model.safetensors"]))
-        optim = torch.load(files["optim.pt"], map_location="cpu", weights_only=True)
-        rank_state = torch.load(files[f"rank{env.rank}.pt"], map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign files: say which checkpoint, not a pickle traceback
-        raise ManyviewError(f"cannot read checkpoint: {type(e).__name__}: {e}", path) from None
+        model_state = read_safetensors(files["model.safetensors"])[0]
+        for name in ("optim.pt", f"rank{env.rank}.pt"):
+            if sniff_format(files[name]) != "pickle":
+                raise ManyviewError("not a PyTorch file (truncated or overwritten?)", files[name])
+        optim = read_pickle(files["optim.pt"], what="optimizer state")
+        rank_state = read_pickle(files[f"rank{env.rank}.pt"], what="training state")
+    except ManyviewError as e:  # corrupt or foreign files: say which file, and how to go on
+        raise _damaged(path, Path(e.path) if e.path else path, e.message) from None
+    if not (isinstance(optim, dict) and "optimizer" in optim and "step" in optim):
+        raise _damaged(path, files["optim.pt"], "not an optimizer state written by manyview")
     options = StateDictOptions(full_state_dict=True)
     try:
         set_model_state_dict(model, model_state, options=options)

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from manyview.errors import require
+
+
+def _at_least(value: float, low: float) -> bool:
+    return value >= low  # False for NaN
+
 
 @dataclass
 class OptimConfig:
@@ -22,6 +28,14 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     """Clip the global gradient norm (over all parameters, all ranks) to this; None to only measure it."""
 
+    def __post_init__(self):
+        require(_at_least(self.lr, 0), "lr", "a number >= 0", self.lr)
+        require(all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", tuple(self.betas))
+        require(_at_least(self.eps, 0), "eps", "a number >= 0", self.eps)
+        require(_at_least(self.weight_decay, 0), "weight_decay", "a number >= 0", self.weight_decay)
+        if self.grad_clip is not None:
+            require(self.grad_clip > 0, "grad_clip", "a positive number", self.grad_clip)
+
 
 @dataclass
 class ScheduleConfig:
@@ -30,6 +44,10 @@ class ScheduleConfig:
     warmup_steps: int = 0
     min_lr: float = 0.0
     decay: Literal["cosine", "constant"] = "cosine"
+
+    def __post_init__(self):
+        require(self.warmup_steps >= 0, "warmup_steps", "at least 0", self.warmup_steps)
+        require(_at_least(self.min_lr, 0), "min_lr", "a number >= 0", self.min_lr)
 
 
 @dataclass
@@ -71,3 +89,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     """Also write TensorBoard events to ``out_dir/tb`` (needs the ``tensorboard`` package)."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_last"):
+            require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))

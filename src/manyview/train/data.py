@@ -1,20 +1,16 @@
 """Multi-view training data: endless synthetic streams and finite dataset folders, in one sample format.
 
-A sample is a dict (collated into a micro-batch by ``default_collate``)::
-
-    images    (N, 3, H, W) float32 in [0, 1]
-    pts3d     (N, H, W, 3) float32 ground-truth world points (from z-depth; 0 where invalid)
-    valid     (N, H, W)    bool, depth > 0
-    c2w       (N, 4, 4)    float32 camera-to-world, OpenCV axes
-    fxfycxcy  (N, 4)       float32 pixels
+A sample is the dict of :func:`manyview.synth.samples.views_to_sample` (images, pts3d, valid, c2w, fxfycxcy),
+collated into a micro-batch by ``default_collate``.
 
 Variable N: every sample of one micro-batch must have the same number of views, so N is drawn per micro-batch,
 not per sample: from (seed, index // micro_batch), which by the trainer's sharding rule
 (:func:`manyview.train.task.sample_indices`) is one group per (micro-batch, rank). N is thus deterministic,
 independent of the number of DataLoader workers, and needs neither padding nor masks.
 
-Seeds: training scenes are drawn from ``[0, EVAL_SEED_START)``; evaluation scenes use ``EVAL_SEED_START + i``,
-so no held-out scene is ever trained on.
+Seeds: training scenes are drawn from ``[0, EVAL_SEED_START)``; evaluation scenes use ``EVAL_SEED_START + i``
+(:mod:`manyview.synth.samples`), so no held-out scene is ever trained on. Dataset folders are brought to the
+training size by :func:`manyview.scene.resize_views`.
 """
 
 from __future__ import annotations
@@ -22,23 +18,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from manyview.errors import ManyviewError
-from manyview.geometry.projection import depth_to_pointmap
-from manyview.scene import Views
+from manyview.scene import Views, resize_views
+from manyview.synth.samples import EVAL_SEED_START, synthetic_sample, views_to_sample
+from manyview.synth.scene import SceneKind
 from manyview.train.task import indexed_stream
-
-EVAL_SEED_START = 10**9
-"""Scene seeds >= this are held out for evaluation; training draws scene seeds from [0, EVAL_SEED_START)."""
-
-SceneKind = Literal["object", "room"]
 
 
 @dataclass
@@ -87,22 +78,6 @@ class StreamConfig:
 
 
 # --------------------------------------------------------------------------------------------------- samples
-def views_to_sample(views: Views, source: str | os.PathLike | None = None) -> dict[str, Tensor]:
-    """``Views`` with cameras and depth -> the sample dict (see the module docstring)."""
-    if views.cameras is None:
-        raise ManyviewError("views have no cameras; training needs ground-truth poses", source)
-    if views.depths is None:
-        raise ManyviewError("views have no depth maps; training needs ground-truth depth", source)
-    cams = views.cameras
-    depth = views.depths.float()
-    valid = depth > 0
-    if views.masks is not None:
-        valid &= views.masks.bool()
-    pts = depth_to_pointmap(depth, cams.fxfycxcy.float(), cams.c2w.float()) * valid[..., None]
-    return {"images": views.images.float().clamp(0, 1), "pts3d": pts.float(), "valid": valid,
-            "c2w": cams.c2w.float(), "fxfycxcy": cams.fxfycxcy.float()}
-
-
 def color_jitter(images: Tensor, strength: float, generator: torch.Generator) -> Tensor:
     """(N, 3, H, W) in [0, 1]: independent brightness, contrast and saturation factors per view."""
     if strength <= 0:
@@ -125,56 +100,7 @@ def views_for_group(seed: int, group: int, min_views: int, max_views: int) -> in
     return min_views + int(state[0]) % (max_views - min_views + 1)
 
 
-def synthetic_sample(scene_seed: int, kind: SceneKind, num_views: int, height: int, width: int,
-                     camera_seed: int = 0, supersample: int = 1, **trajectory) -> dict[str, Tensor]:
-    """One synthetic scene rendered from ``num_views`` cameras, as a sample dict (plus ``scene_seed``).
-
-    ``trajectory``: keyword arguments of the scene kind's camera path (e.g. ``arc_deg`` of an orbit)."""
-    from manyview.synth import generate
-
-    _, views = generate(scene_seed, kind=kind, num_views=num_views, height=height, width=width,
-                        supersample=supersample, camera_seed=camera_seed, **trajectory)
-    sample = views_to_sample(views)
-    sample["scene_seed"] = torch.tensor(scene_seed, dtype=torch.int64)
-    return sample
-
-
-def eval_scene_seed(i: int) -> int:
-    """Seed of held-out evaluation scene ``i`` (never drawn for training)."""
-    if i < 0:
-        raise ManyviewError(f"evaluation scene index must be >= 0, got {i}")
-    return EVAL_SEED_START + i
-
-
-def eval_sample(i: int, kind: SceneKind, num_views: int, height: int, width: int,
-                supersample: int = 1) -> dict[str, Tensor]:
-    """Held-out evaluation scene ``i`` of ``kind`` (the same for every caller)."""
-    return synthetic_sample(eval_scene_seed(i), kind, num_views, height, width, camera_seed=0,
-                            supersample=supersample)
-
-
 # --------------------------------------------------------------------------------------------------- folders
-def fit_views(views: Views, height: int, width: int) -> Views:
-    """Resize to cover (height, width) and centre-crop, moving intrinsics, depth (nearest) and masks along."""
-    h, w = views.height, views.width
-    if (h, w) == (height, width):
-        return views
-    scale = max(height / h, width / w)
-    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
-    top, left = (rh - height) // 2, (rw - width) // 2
-    crop = (slice(None), slice(None), slice(top, top + height), slice(left, left + width))
-    images = F.interpolate(views.images.float(), size=(rh, rw), mode="bilinear", antialias=True,
-                           align_corners=False)[crop].clamp(0, 1)
-
-    def nearest(x: Tensor | None) -> Tensor | None:
-        return None if x is None else F.interpolate(x[:, None].float(), size=(rh, rw), mode="nearest")[crop][:, 0]
-
-    depths, masks = nearest(views.depths), nearest(views.masks)
-    cams = None if views.cameras is None else views.cameras.resized(rh, rw).cropped(top, left, height, width)
-    return Views(images.contiguous(), cams, None if depths is None else depths.contiguous(),
-                 None if masks is None else masks.bool().contiguous(), None, list(views.names))
-
-
 class FolderScenes:
     """Dataset folders loaded once (lazily) and fitted to the training size; draws view subsets of them."""
 
@@ -197,7 +123,7 @@ class FolderScenes:
             if views.cameras is None or views.depths is None:
                 raise ManyviewError("dataset has no " + ("cameras" if views.cameras is None else "depth maps")
                                     + "; training needs both", folder)
-            self._cache[i] = fit_views(views, self.height, self.width)
+            self._cache[i] = resize_views(views, self.height, self.width)
         return self._cache[i]
 
     def sample(self, i: int, indices: Sequence[int]) -> dict[str, Tensor]:

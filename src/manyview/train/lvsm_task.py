@@ -8,7 +8,7 @@ frame, scaled by 1.35 x max |t|). Two sources give the same sample format:
 
 - ``synth``: procedural scenes from :mod:`manyview.synth` (object orbits and room walkthroughs), rendered at the
   training size with exact cameras; training scene seeds are ``[0, num_scenes)``, held-out evaluation scenes
-  start at :data:`~manyview.train.data.EVAL_SEED_START` (shared with the other training tasks);
+  start at :data:`~manyview.synth.samples.EVAL_SEED_START` (shared with the other training tasks);
 - ``re10k``: a RealEstate10K chunk folder (pixelSplat layout), frames LANCZOS-resized to cover the training size
   and centre-cropped.
 
@@ -38,9 +38,11 @@ import torch
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
-from manyview.models.lvsm import CONFIGS, LVSMConfig, build_model, normalize_poses
+from manyview.geometry.poses import normalize_poses
+from manyview.models.lvsm_config import CONFIGS, LVSMConfig
+from manyview.models.lvsm_family import build_model
+from manyview.synth.samples import EVAL_SEED_START, trajectory_frames
 from manyview.train.config import OptimConfig, ScheduleConfig, TrainConfig
-from manyview.train.data import EVAL_SEED_START
 from manyview.train.task import indexed_stream
 
 Variant = Literal["lvsm", "efficient-lvsm"]
@@ -156,14 +158,7 @@ def make_sample(images: Tensor, fxfycxcy: Tensor, c2w: Tensor, inputs: list[int]
 # --------------------------------------------------------------------------------------------- sources
 def synthetic_trajectory(seed: int, data: LVSMDataConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Scene ``seed`` rendered along its trajectory -> uint8 images (F, 3, S, S), fxfycxcy (F, 4), c2w (F, 4, 4)."""
-    from manyview.synth import generate
-
-    kind = data.kinds[seed % len(data.kinds)]
-    kwargs = {"arc_deg": data.orbit_arc_deg} if kind == "object" else {}
-    _, views = generate(seed, kind, data.frames, data.image_size, data.image_size, supersample=data.supersample,
-                        **kwargs)
-    images = (views.images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images, views.cameras.fxfycxcy.float(), views.cameras.c2w.float()
+    return trajectory_frames(seed, data.kinds, data.frames, data.image_size, data.supersample, data.orbit_arc_deg)
 
 
 class SyntheticSource:
@@ -272,12 +267,8 @@ class LVSMTask:
         return total, metrics
 
     def save_weights(self, state_dict: dict[str, Tensor], directory: Path) -> None:
-        """config.json + model.safetensors with the released key names (see ``lvsm_weights.save_pretrained``)."""
-        from manyview.models.lvsm_weights import clean_state_dict, load_weights, save_pretrained
-
-        model = build_model(self.cfg.model)
-        load_weights(model, clean_state_dict(state_dict), directory)
-        save_pretrained(model, directory)
+        """config.json + model.safetensors with the released key names (``save_pretrained``)."""
+        build_model(self.cfg.model).load_tensors(state_dict, path=directory).save_pretrained(directory)
 
 
 # --------------------------------------------------------------------------------------------- presets

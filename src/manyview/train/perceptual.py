@@ -10,9 +10,10 @@ The ImageNet weights are not shipped and cannot be downloaded here; they are rea
 
 - MatConvNet's ``imagenet-vgg-verydeep-19.mat`` (what the official code downloads), read with ``scipy.io.loadmat``:
   layers ``conv1_1`` ... ``conv5_2``, kernels (kh, kw, in, out); it expects the mean-subtracted 0-255 input above;
-- torchvision's ``vgg19-*.pth`` (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` with the same
-  keys ``features.{i}.weight|bias``; those weights expect ImageNet-standardised [0, 1] input, so the network is
-  fed that instead (the pixel term stays on the 0-255 scale).
+- torchvision's ``vgg19-*.pth`` or a ``.safetensors`` with the same keys ``features.{i}.weight|bias``, read and
+  checked by the one weights loader (:mod:`manyview.hub`: safetensors or ``torch.load(weights_only=True)``, strict
+  keys and shapes); those weights expect ImageNet-standardised [0, 1] input, so the network is fed that instead
+  (the pixel term stays on the 0-255 scale).
 
 Without weights :func:`perceptual_loss_or_none` warns and returns None: the caller trains with MSE alone.
 """
@@ -20,7 +21,6 @@ Without weights :func:`perceptual_loss_or_none` warns and returns None: the call
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manyview.errors import ManyviewError
+from manyview.hub import load_weights, read_state_dict
 
 VGG19_ENV = "MANYVIEW_VGG19_WEIGHTS"
 InputMode = Literal["matconvnet", "torchvision"]
@@ -116,31 +117,15 @@ def read_vgg19_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], Inpu
         raise ManyviewError("VGG-19 weight file not found" if not path.exists() else "not a file", path)
     if path.suffix.lower() == ".mat":
         return _read_matconvnet(path), "matconvnet"
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ManyviewError(f"not a readable safetensors file ({e})", path) from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ManyviewError(f"not a weights-only PyTorch file: {first}", path) from None
-    if not isinstance(state, dict):
-        raise ManyviewError("holds no state dict", path)
-    missing = [k for k in required_keys() if k not in state]
-    if missing:
-        raise ManyviewError(f"not a torchvision VGG-19 state dict: missing {', '.join(missing[:4])}"
-                            f"{' ...' if len(missing) > 4 else ''}", path)
-    out = {k: state[k].float() for k in required_keys()}
-    for i, (name, c_in, c_out) in _CONV.items():
-        if tuple(out[f"features.{i}.weight"].shape) != (c_out, c_in, 3, 3):
-            raise ManyviewError(f"features.{i}.weight ({name}) has shape {tuple(out[f'features.{i}.weight'].shape)}, "
-                                f"expected {(c_out, c_in, 3, 3)}: not VGG-19", path)
-    return out, "torchvision"
+    state, _ = read_state_dict(path)
+    # torchvision's file also holds the classifier and the layers after relu5_2: only the ones used are taken,
+    # and those must all be there with VGG-19's shapes
+    used = {k: state[k].float() for k in required_keys() if k in state}
+    with torch.device("meta"):
+        shapes = nn.Module()
+        shapes.features = vgg19_features()
+    load_weights(shapes, used, path=path, assign=True, what="VGG-19 (torchvision layout, conv1_1 ... conv5_2)")
+    return used, "torchvision"
 
 
 # --------------------------------------------------------------------------------------------- the loss
@@ -156,7 +141,7 @@ class PerceptualLoss(nn.Module):
             raise ManyviewError(f"unknown VGG input mode {input_mode!r}")
         self.input_mode = input_mode
         self.features = vgg19_features()
-        self.load_state_dict(state_dict, strict=True)
+        load_weights(self, state_dict, what="the VGG-19 perceptual network")
         self.requires_grad_(False)
         self.eval()
         self.register_buffer("caffe_mean", torch.tensor(_CAFFE_MEAN).view(3, 1, 1), persistent=False)

@@ -64,9 +64,18 @@ def _parse(args: list[str]):
 
 
 def _preset_as_subcommand(args: list[str]) -> list[str]:
-    """``train MODEL --preset NAME ...`` -> ``train MODEL NAME ...`` (presets are tyro subcommands)."""
+    """``train MODEL --preset NAME ...`` -> ``train MODEL NAME ...`` (presets are tyro subcommands). A model with a
+    single preset has no preset subcommand: naming that preset (as an option or positionally) is dropped."""
     if len(args) < 2 or args[0] != "train":
         return args
+    from manyview.cli.train import single_preset
+
+    only = single_preset(args[1])
+    if only is not None:
+        named = {"--preset", f"--preset={only}"}
+        kept = [a for i, a in enumerate(args)
+                if not (a in named or (a == only and (i == 2 or args[i - 1] == "--preset")))]
+        return kept
     for i, arg in enumerate(args):
         if arg == "--preset" and i + 1 < len(args):
             return args[:2] + [args[i + 1]] + args[2:i] + args[i + 2:]

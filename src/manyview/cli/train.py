@@ -4,6 +4,7 @@
     manyview train fast3r bundled --out runs/fast3r_bundled --train.resume True   # continue after a stop
     manyview train fast3r tiny --train.steps 20                    # a quick check
     manyview train efficient-lvsm bundled --out runs/efficient_lvsm_bundled
+    manyview train condense --train.steps 20                       # ConDense features (tiny preset)
     manyview train toy                                             # the trainer's smallest task
 
 The preset (``tiny`` / ``bundled``) sets every default; any field can still be overridden. The presets themselves
@@ -19,7 +20,8 @@ from typing import Annotated, Union
 
 import tyro
 
-from manyview.train import fast3r_task, lvsm_task
+from manyview.train import condense_task, fast3r_task, lvsm_task
+from manyview.train.condense_task import CondenseTaskConfig
 from manyview.train.config import TrainConfig
 from manyview.train.fast3r_task import Fast3RTaskConfig
 from manyview.train.lvsm_task import LVSMTaskConfig
@@ -49,8 +51,28 @@ def _report(result, out_dir: Path) -> None:
         print(f"final weights in {out_dir / 'final'}")
 
 
+class _TaskTrain:
+    """What every model's training command does: apply --out, train its task, report. Subclasses are dataclasses
+    with the fields ``train``, ``task`` and ``out`` and say which task they train."""
+
+    train: TrainConfig
+    out: Path | None
+
+    def make_task(self):
+        raise NotImplementedError
+
+    def interrupted(self) -> str:
+        return _interrupted(self.out or self.train.out_dir)
+
+    def run(self) -> None:
+        from manyview.train.trainer import train
+
+        cfg = _out_dir(self.train, self.out)
+        _report(train(cfg, self.make_task()), Path(cfg.out_dir))
+
+
 @dataclass
-class Fast3RTrain:
+class Fast3RTrain(_TaskTrain):
     """Train Fast3R on synthetic multi-view scenes (and optional dataset folders with depth)."""
 
     train: TrainConfig
@@ -58,19 +80,14 @@ class Fast3RTrain:
     out: Path | None = None
     """Output folder (checkpoints, metrics.csv, final/); overrides --train.out-dir when given."""
 
-    def interrupted(self) -> str:
-        return _interrupted(self.out or self.train.out_dir)
-
-    def run(self) -> None:
+    def make_task(self):
         from manyview.train.fast3r_task import Fast3RTask
-        from manyview.train.trainer import train
 
-        cfg = _out_dir(self.train, self.out)
-        _report(train(cfg, Fast3RTask(self.task)), Path(cfg.out_dir))
+        return Fast3RTask(self.task)
 
 
 @dataclass
-class LVSMTrain:
+class LVSMTrain(_TaskTrain):
     """Train LVSM / Efficient-LVSM on synthetic scenes (or a RealEstate10K chunk folder: --task.data.source re10k
     --task.data.root DIR). MSE + 0.5 x VGG-19 perceptual loss when $MANYVIEW_VGG19_WEIGHTS names the weights, MSE
     alone otherwise. OUT/final is a model folder for ``manyview nvs --weights``."""
@@ -80,15 +97,26 @@ class LVSMTrain:
     out: Path | None = None
     """Output folder (checkpoints, metrics.csv, final/); overrides --train.out-dir when given."""
 
-    def interrupted(self) -> str:
-        return _interrupted(self.out or self.train.out_dir)
-
-    def run(self) -> None:
+    def make_task(self):
         from manyview.train.lvsm_task import LVSMTask
-        from manyview.train.trainer import train
 
-        cfg = _out_dir(self.train, self.out)
-        _report(train(cfg, LVSMTask(self.task)), Path(cfg.out_dir))
+        return LVSMTask(self.task)
+
+
+@dataclass
+class CondenseTrain(_TaskTrain):
+    """Train ConDense features on synthetic scenes: a 2D student anchored to its teacher and a 3D point student
+    whose features, rendered along camera rays, agree with the 2D student's. OUT/final is a model folder."""
+
+    train: TrainConfig
+    task: CondenseTaskConfig
+    out: Path | None = None
+    """Output folder (checkpoints, metrics.csv, final/); overrides --train.out-dir when given."""
+
+    def make_task(self):
+        from manyview.train.condense_task import CondenseTask
+
+        return CondenseTask(self.task)
 
 
 @dataclass
@@ -119,6 +147,7 @@ _PRESET_NOTES = {
              "bundled": "the recipe of the bundled weights (32 x 32, 3000 steps; 50 min on 2 CPU cores)"},
     "efficient-lvsm": {"tiny": "32 x 32, four blocks of width 64: seconds, for checks",
                        "bundled": "the recipe of the bundled weights (32 x 32, 3000 steps; 20 min on 2 CPU cores)"},
+    "condense": {"tiny": "64 x 64, 3 views, 1024 points, feature dimension 32: minutes, for checks"},
 }
 
 
@@ -126,23 +155,41 @@ def _preset_run(model: str, name: str):
     if model == "fast3r":
         run = fast3r_task.preset(name)
         return Fast3RTrain(run.train, run.task)
+    if model == "condense":
+        run = condense_task.preset(name)
+        return CondenseTrain(run.train, run.task)
     run = lvsm_task.preset(model, name)  # type: ignore[arg-type]
     return LVSMTrain(run.train, run.task)
 
 
-def _presets(model: str):
-    command = Fast3RTrain if model == "fast3r" else LVSMTrain
-    return Union[tuple(Annotated[command, tyro.conf.subcommand(name, default=_preset_run(model, name),
-                                                               description=note)]
-                       for name, note in _PRESET_NOTES[model].items())]
+def single_preset(model: str) -> str | None:
+    """The preset of a model that has only one (it is then taken without being named), else None."""
+    notes = _PRESET_NOTES.get(model, {})
+    return next(iter(notes)) if len(notes) == 1 else None
+
+
+def _model_command(model: str, description: str):
+    """``train MODEL PRESET``: one subcommand per preset of MODEL. A model with a single preset so far (condense)
+    takes it without naming it, since a choice of one is no subcommand."""
+    command = {"fast3r": Fast3RTrain, "condense": CondenseTrain}.get(model, LVSMTrain)
+    notes = _PRESET_NOTES[model]
+    if len(notes) == 1:
+        (name, note), = notes.items()
+        return Annotated[command, tyro.conf.subcommand(model, default=_preset_run(model, name),
+                                                       description=f"{description} (preset {name}: {note})")]
+    presets = Union[tuple(Annotated[command, tyro.conf.subcommand(name, default=_preset_run(model, name),
+                                                                  description=note)]
+                          for name, note in notes.items())]
+    return Annotated[presets, tyro.conf.subcommand(model, description=f"{description}: choose a preset")]
 
 
 Train = Union[
-    Annotated[_presets("fast3r"), tyro.conf.subcommand("fast3r", description="Fast3R: choose a preset, then override")],
-    Annotated[_presets("lvsm"), tyro.conf.subcommand("lvsm", description="LVSM decoder-only: choose a preset")],
-    Annotated[_presets("efficient-lvsm"), tyro.conf.subcommand("efficient-lvsm",
-                                                               description="Efficient-LVSM: choose a preset")],
+    _model_command("fast3r", "Fast3R"),
+    _model_command("lvsm", "LVSM decoder-only"),
+    _model_command("efficient-lvsm", "Efficient-LVSM"),
+    _model_command("condense", "ConDense: 2D / 3D features made consistent by rendering"),
     Annotated[ToyTrain, tyro.conf.subcommand("toy")],
 ]
-"""The ``train`` command: ``manyview train {fast3r,lvsm,efficient-lvsm} {tiny,bundled} [options]`` or
+"""The ``train`` command: ``manyview train {fast3r,lvsm,efficient-lvsm} {tiny,bundled} [options]``,
+``manyview train condense`` or
 ``manyview train toy``."""

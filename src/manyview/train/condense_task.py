@@ -1,0 +1,215 @@
+"""ConDense made trainable: 2D and 3D features that agree through rendering, anchored to a 2D teacher.
+
+A sample is one synthetic scene (:mod:`manyview.synth`, exact depth and cameras) rendered along its trajectory;
+``num_views`` of its frames are drawn, and ``num_points`` surface points are drawn from the pixels those views see
+(world points from the exact depth, with their colours)::
+
+    images (V, 3, S, S) in [0, 1]   fxfycxcy (V, 4) px   c2w (V, 4, 4)   points (P, 3)   colors (P, 3)
+
+Loss (per micro-batch, :class:`~manyview.features.condense.ConDense` does the forward pass):
+
+- consistency: 1 - cos(rendered 3D features / alpha, 2D student features) at the grid cells whose accumulated
+  opacity is at least ``min_alpha`` (gradients reach both students);
+- anchor: 1 - cos(anchor decoder(2D student features), frozen teacher features), every cell;
+
+``consistency_weight * consistency + anchor_weight * anchor``; either weight may be 0 (the ablations). Train with
+``manyview train condense`` (see the CLI) or :func:`manyview.train.train` with :class:`CondenseTask`; ``out_dir/final``
+is then a model folder that ``ConDense.from_pretrained`` reads.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from manyview.errors import ManyviewError
+from manyview.features.condense import ConDense, ConDenseConfig
+from manyview.features.student3d import PointBackboneConfig
+from manyview.features.teachers import Teacher, load_teacher
+from manyview.synth.samples import EVAL_SEED_START
+from manyview.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from manyview.train.task import indexed_stream
+
+
+@dataclass
+class CondenseDataConfig:
+    """Synthetic scenes and how a sample is drawn from one."""
+
+    image_size: int = 64
+    """Square rendering size S."""
+    num_views: int = 3
+    frames: int = 8
+    """Frames rendered along each scene's trajectory (the views are drawn from them)."""
+    orbit_arc_deg: float = 120.0
+    """Object scenes: the arc the frames span (so views overlap)."""
+    num_points: int = 2048
+    kinds: tuple[Literal["object", "room"], ...] = ("object", "room")
+    num_scenes: int = 2000
+    """Training scene seeds are [0, num_scenes): never the held-out evaluation seeds."""
+    supersample: int = 1
+    cache_scenes: int = 256
+    """Rendered trajectories kept in memory per data process (0: render every sample afresh)."""
+    num_workers: int = 0
+
+    def check(self) -> None:
+        if self.image_size < 16:
+            raise ManyviewError(f"image_size must be at least 16, got {self.image_size}")
+        if not 1 <= self.num_views <= self.frames:
+            raise ManyviewError(f"need 1 <= num_views <= frames, got {self.num_views} and {self.frames}")
+        if self.num_points < 2:
+            raise ManyviewError(f"num_points must be at least 2, got {self.num_points}")
+        if not 0 < self.num_scenes <= EVAL_SEED_START:
+            raise ManyviewError(f"num_scenes must be in [1, {EVAL_SEED_START}] so training never sees the held-out "
+                                "evaluation seeds")
+        if not self.kinds:
+            raise ManyviewError("kinds must name at least one scene kind")
+
+
+@dataclass
+class CondenseTaskConfig:
+    model: ConDenseConfig = field(default_factory=ConDenseConfig)
+    data: CondenseDataConfig = field(default_factory=CondenseDataConfig)
+    teacher_weights: Path | None = None
+    """The teacher's weights (DINOv2 / CLIP: the downloaded checkpoint); None for the packaged / bundled ones."""
+    consistency_weight: float = 1.0
+    anchor_weight: float = 1.0
+    min_alpha: float = 0.5
+    """Grid cells whose accumulated opacity is below this are left out of the consistency term."""
+
+
+def cosine_distance(a: Tensor, b: Tensor, dim: int = 1) -> Tensor:
+    """1 - cos(a, b) along ``dim``."""
+    return 1 - F.cosine_similarity(a.float(), b.float(), dim=dim, eps=1e-6)
+
+
+def condense_losses(rendered: Tensor, alpha: Tensor, features2d: Tensor, anchor: Tensor, teacher: Tensor,
+                    min_alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(consistency, anchor, coverage) of one micro-batch; all inputs flattened to (N, ·, h, w)."""
+    mask = (alpha >= min_alpha).float()
+    rendered = rendered / alpha.clamp_min(1e-6)[:, None]
+    consistency = (cosine_distance(rendered, features2d) * mask).sum() / mask.sum().clamp_min(1.0)
+    return consistency, cosine_distance(anchor, teacher).mean(), mask.mean()
+
+
+class SyntheticScenes:
+    """Samples from procedural scenes; rendered trajectories are kept in a bounded LRU cache."""
+
+    def __init__(self, data: CondenseDataConfig):
+        self.data = data
+        self._cache: OrderedDict[int, tuple[Tensor, ...]] = OrderedDict()
+
+    def trajectory(self, seed: int) -> tuple[Tensor, ...]:
+        """uint8 images (F, 3, S, S), world points (F, S, S, 3) (0 where nothing is seen), valid (F, S, S),
+        fxfycxcy (F, 4), c2w (F, 4, 4)."""
+        if seed in self._cache:
+            self._cache.move_to_end(seed)
+            return self._cache[seed]
+        from manyview.synth import generate
+        from manyview.synth.samples import views_to_sample
+
+        d = self.data
+        kind = d.kinds[seed % len(d.kinds)]
+        kwargs = {"arc_deg": d.orbit_arc_deg} if kind == "object" else {}
+        _, views = generate(seed, kind, d.frames, d.image_size, d.image_size, supersample=d.supersample, **kwargs)
+        s = views_to_sample(views)
+        out = ((s["images"] * 255).round().to(torch.uint8), s["pts3d"], s["valid"], s["fxfycxcy"], s["c2w"])
+        if d.cache_scenes > 0:
+            self._cache[seed] = out
+            while len(self._cache) > d.cache_scenes:
+                self._cache.popitem(last=False)
+        return out
+
+    def sample(self, index: int, g: torch.Generator) -> dict[str, Tensor]:
+        d = self.data
+        seed = int(torch.randint(d.num_scenes, (), generator=g))
+        images, pts, valid, fxfycxcy, c2w = self.trajectory(seed)
+        views = torch.randperm(images.shape[0], generator=g)[: d.num_views].sort().values
+        images = images[views].float() / 255
+        where = valid[views].nonzero()  # (n, 3): view, row, col
+        if where.shape[0] == 0:
+            raise ManyviewError(f"synthetic scene {seed} shows no surface in its views")
+        pick = torch.randint(where.shape[0], (d.num_points,), generator=g) if where.shape[0] < d.num_points else \
+            torch.randperm(where.shape[0], generator=g)[: d.num_points]
+        v, r, c = where[pick].unbind(-1)
+        return {"images": images, "fxfycxcy": fxfycxcy[views], "c2w": c2w[views],
+                "points": pts[views][v, r, c].float(), "colors": images[v, :, r, c]}
+
+
+class CondenseTask:
+    """:class:`~manyview.train.TrainTask` for ConDense on synthetic scenes; see the module docstring."""
+
+    def __init__(self, cfg: CondenseTaskConfig | None = None, teacher: Teacher | None = None):
+        self.cfg = cfg or CondenseTaskConfig()
+        self.cfg.data.check()
+        if self.cfg.consistency_weight < 0 or self.cfg.anchor_weight < 0 or \
+                self.cfg.consistency_weight + self.cfg.anchor_weight <= 0:
+            raise ManyviewError("consistency_weight and anchor_weight must be >= 0, and not both 0")
+        self.teacher = teacher if teacher is not None else load_teacher(self.cfg.model.teacher,
+                                                                        self.cfg.teacher_weights)
+        self.source = SyntheticScenes(self.cfg.data)
+
+    def sample(self, index: int, g: torch.Generator) -> dict[str, Tensor]:
+        return self.source.sample(index, g)
+
+    def build_model(self) -> nn.Module:
+        return ConDense(self.cfg.model, self.teacher)
+
+    def make_stream(self, rank: int, world: int, seed: int, micro_batch: int, start: int) -> Iterable:
+        return indexed_stream(self.sample, rank, world, seed, micro_batch, start, num_workers=self.cfg.data.num_workers)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        images = batch["images"]
+        out = model(images, batch["points"], batch["colors"], batch["fxfycxcy"], batch["c2w"])
+        self.teacher.to(images.device)
+        with torch.no_grad():
+            target = self.teacher(images.flatten(0, 1))
+        consistency, anchor, coverage = condense_losses(out.rendered.flatten(0, 1), out.alpha.flatten(0, 1),
+                                                        out.features2d.flatten(0, 1), out.anchor.flatten(0, 1),
+                                                        target, self.cfg.min_alpha)
+        total = self.cfg.consistency_weight * consistency + self.cfg.anchor_weight * anchor
+        return total, {"consistency": consistency.detach(), "anchor": anchor.detach(), "coverage": coverage}
+
+    def save_weights(self, state_dict: dict[str, Tensor], directory: Path) -> None:
+        """config.json + model.safetensors (``ConDense.from_pretrained``)."""
+        ConDense(self.cfg.model).load_tensors(state_dict, path=directory).save_pretrained(directory)
+
+
+# --------------------------------------------------------------------------------------------- presets
+@dataclass
+class CondenseRun:
+    """A training run: the trainer's config and the task's (what a preset returns)."""
+
+    train: TrainConfig
+    task: CondenseTaskConfig
+
+
+def _tiny() -> CondenseRun:
+    model = ConDenseConfig(dim=32, head_hidden=64, point=PointBackboneConfig(width=32, depth=2, heads=4, k=8))
+    data = CondenseDataConfig(image_size=64, num_views=3, frames=6, num_points=1024, num_scenes=64, cache_scenes=64)
+    return CondenseRun(
+        TrainConfig(out_dir=Path("runs/condense_tiny"), steps=100, batch_size=2, log_every=5, ckpt_every=50,
+                    keep_last=1, optim=OptimConfig(lr=1e-3, weight_decay=0.05, grad_clip=1.0),
+                    schedule=ScheduleConfig(warmup_steps=10, min_lr=1e-5)),
+        CondenseTaskConfig(model=model, data=data),
+    )
+
+
+PRESETS = {"tiny": _tiny}
+
+
+def preset(name: str) -> CondenseRun:
+    """A fresh copy of run preset ``name``."""
+    if name not in PRESETS:
+        raise ManyviewError(f"unknown ConDense training preset {name!r}; choose from {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name]())
+
+
+__all__ = ["CondenseDataConfig", "CondenseRun", "CondenseTask", "CondenseTaskConfig", "PRESETS", "SyntheticScenes",
+           "condense_losses", "cosine_distance", "preset"]

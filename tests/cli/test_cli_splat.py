@@ -54,8 +54,11 @@ def test_splat_train_resume_and_render(dataset, tmp_path, monkeypatch, capsys):
     lonely.mkdir()
     shutil.copy(out / "splat.ply", lonely / "scene.ply")
     capsys.readouterr()
-    assert main(["render", str(lonely / "scene.ply"), "--orbit", "3", "--out", str(tmp_path / "r")]) == 2
+    assert main(["render", str(lonely / "scene.ply"), "--out", str(tmp_path / "r")]) == 2
     assert "no cameras" in capsys.readouterr().err
+    # an orbit needs no cameras: it circles the Gaussians (tests/cli/test_cli_render_orbit.py)
+    assert main(["render", str(lonely / "scene.ply"), "--orbit", "3", "--out", str(tmp_path / "r"),
+                 "--width", "8"]) == 0
 
 
 def test_splat_refuses_unposed_and_mismatched_input(dataset, tmp_path, capsys):

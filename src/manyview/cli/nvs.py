@@ -21,10 +21,11 @@ class NVS:
 
     Inputs are resized to cover SIZE x SIZE and centre-cropped, as the models were trained; cameras are matched to
     the images by file name (or taken in order when no name matches and the counts agree). Targets come from a
-    camera file (--targets) or an orbit (--orbit N: N cameras on a circle through the inputs' mean centre, looking
-    at the point the inputs look at). Writes OUT/ as a dataset folder: images/ (the renders, PNG), sparse/0 and
-    transforms.json (the target cameras at the render size), summary.json, and video.mp4 when the optional
-    ``video`` extra (imageio-ffmpeg) is installed. OUT is built under a temporary name and renamed at the end.
+    camera file (--targets) or an orbit (--orbit N: N cameras on a circle around the vertical the inputs share,
+    through the point they look at, at their typical distance and height from it, with their field of view).
+    Writes OUT/ as a dataset folder: images/ (the renders, PNG), sparse/0 and transforms.json (the target cameras
+    at the render size), summary.json, and video.mp4 when the optional ``video`` extra (imageio-ffmpeg) is
+    installed. OUT is built under a temporary name and renamed at the end.
     """
 
     inputs: list[Path]
@@ -36,7 +37,7 @@ class NVS:
     targets: Path | None = None
     """Cameras to render (COLMAP model / transforms.json / dataset folder), scaled and cropped like the inputs."""
     orbit: int | None = None
-    """Render N cameras on an orbit instead of --targets."""
+    """Render N cameras on an orbit that frames what the inputs look at, instead of --targets."""
     model: Literal["auto", "lvsm", "efficient-lvsm"] = "auto"
     """Model family; 'auto' takes the checkpoint's (or the bundled LVSM, then Efficient-LVSM)."""
     weights: str | None = None

@@ -1,6 +1,7 @@
 """``manyview render``: images of a Gaussian-splat PLY from given cameras or an orbit.
 
     manyview render runs/scene_splat/splat.ply --orbit 60 --out renders
+    manyview render any_3dgs_scene.ply --orbit 60 --out renders --width 640 --height 480
     manyview render runs/scene_splat/splat.ply --cameras scene/ --out renders --width 640 --height 360
 """
 
@@ -24,10 +25,16 @@ class Render:
     """Render a 3DGS PLY to OUT/00000.png ..., plus OUT/video.mp4 when imageio-ffmpeg is installed, and
     OUT/render.json (what was rendered).
 
-    Cameras: --cameras (COLMAP model, transforms.json or dataset folder) renders those views; --orbit N renders N
-    views on a circle through the cameras' mean centre looking at the scene centre, using --cameras or, without
-    it, the transforms.json that ``manyview splat`` writes beside the PLY. OUT is built under a temporary name
-    and renamed at the end; it replaces an earlier render, never a folder that holds other files.
+    Cameras: --cameras (COLMAP model, transforms.json or dataset folder) renders those views. --orbit N renders N
+    views on a circle that frames the scene. With cameras (--cameras or, without it, the transforms.json that
+    ``manyview splat`` writes beside the PLY) it circles the vertical the cameras share around the point they
+    look at, at their typical distance and height, with their field of view (cameras that look around, as in a
+    room, are circled from where they walked; forward-facing ones look at the opaque Gaussians' centre). With no
+    cameras at all (any 3DGS PLY) it circles the robust bounding box of the opaque Gaussians (opacity above 0.5;
+    2nd-98th percentile of their positions) 20 degrees above it, as close as keeps the whole box in view with a
+    50-degree horizontal field of view, at --width x --height (default 512 x 512), around --up (default +z). OUT
+    is built under a temporary name and renamed at the end; it replaces an earlier render, never a folder that
+    holds other files.
     """
 
     scene: tyro.conf.Positional[Path]
@@ -36,10 +43,13 @@ class Render:
     """Output folder for the PNGs (new, empty, or an earlier render's)."""
     cameras: Path | None = None
     orbit: int = 0
-    """Number of orbit views (0: render --cameras as they are)."""
+    """Number of orbit views (0: render --cameras as they are); works without cameras, around the Gaussians."""
+    up: tuple[float, float, float] | None = None
+    """World direction that is up in the orbit (default: the vertical the cameras share; +z without cameras)."""
     width: int | None = None
     height: int | None = None
-    """Output size (default: the cameras'; one of the two keeps the aspect ratio)."""
+    """Output size (default: the cameras', or 512 x 512 for an orbit without cameras; one of the two keeps the
+    aspect ratio, square without cameras)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """RGB in [0, 1] behind the Gaussians."""
     fps: int = 30
@@ -52,6 +62,8 @@ class Render:
         require(all(0 <= c <= 1 for c in self.background), "--background", "three numbers between 0 and 1",
                 self.background)
         require(self.fps >= 1, "--fps", "at least 1", self.fps)
+        if self.up is not None:
+            require(any(c != 0 for c in self.up), "--up", "a non-zero direction", self.up)
 
     def interrupted(self) -> str:
         from manyview.cli.common import left_as_it_was
@@ -62,7 +74,6 @@ class Render:
         import torch
 
         from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder
-        from manyview.io.dataset import read_cameras
         from manyview.io.image_writers import write_image
         from manyview.io.video import open_video
         from manyview.progress import progress
@@ -72,18 +83,7 @@ class Render:
         gaussians = read_ply(self.scene)
         if len(gaussians) == 0:
             raise ManyviewError("holds no Gaussians: there is nothing to render", self.scene)
-        source = self.cameras
-        if source is None:
-            source = self.scene.parent / "transforms.json"
-            if not source.is_file():
-                raise ManyviewError("no cameras: pass --cameras (COLMAP model, transforms.json or dataset folder); "
-                                    "manyview splat writes transforms.json beside its PLY", self.scene)
-        cams, _ = read_cameras(source)
-        if len(cams) == 0:
-            raise ManyviewError("no cameras in this file or folder", source)
-        if self.orbit:
-            cams = cams.orbit(self.orbit)
-        cams = _resize(cams, self.width, self.height).to(torch.float32)
+        cams, source = self._cameras(gaussians)
         background = torch.tensor(self.background, dtype=torch.float32)
         with atomic_directory(self.out) as tmp:
             with open_video(tmp / "video.mp4", self.fps) if len(cams) >= 2 else nullcontext() as video:
@@ -94,13 +94,41 @@ class Render:
                     if video is not None:
                         video.add(rgb)
             h, w = (int(v) for v in cams.image_size.reshape(-1, 2)[0])
-            record = {"format": "manyview-render", "scene": str(self.scene), "cameras": str(source),
+            record = {"format": "manyview-render", "scene": str(self.scene), "cameras": source,
                       "orbit": self.orbit, "frames": len(cams), "size": [h, w], "background": list(self.background),
                       "video": "video.mp4" if video is not None else None}
             with atomic_open(tmp / RENDER_MARKER, "w", encoding="utf-8") as fh:
                 json.dump(record, fh, indent=1)
                 fh.write("\n")
         print(f"wrote {len(cams)} images to {self.out}" + (f" and {self.out / 'video.mp4'}" if video else ""))
+
+    def _cameras(self, gaussians):
+        """The cameras to render, float32, and where they came from (for render.json)."""
+        import torch
+
+        from manyview.io.dataset import read_cameras
+        from manyview.splat.bounds import ORBIT_SIZE, splat_orbit
+
+        up = None if self.up is None else torch.tensor(self.up, dtype=torch.float64)
+        source = self.cameras
+        if source is None and not (self.scene.parent / "transforms.json").is_file():
+            if not self.orbit:
+                raise ManyviewError("no cameras: pass --cameras (COLMAP model, transforms.json or dataset folder), "
+                                    "or --orbit N to circle the Gaussians; manyview splat writes transforms.json "
+                                    "beside its PLY", self.scene)
+            size = ORBIT_SIZE
+            if self.width is not None or self.height is not None:  # one of the two: square
+                size = (self.height or self.width, self.width or self.height)
+            cams = splat_orbit(gaussians, self.orbit, image_size=size, up=up)
+            return cams, "orbit around the opaque Gaussians' bounds"
+        if source is None:
+            source = self.scene.parent / "transforms.json"
+        cams, _ = read_cameras(source)
+        if len(cams) == 0:
+            raise ManyviewError("no cameras in this file or folder", source)
+        if self.orbit:
+            cams = splat_orbit(gaussians, self.orbit, cams, up=up)
+        return _resize(cams, self.width, self.height).to(torch.float32), str(source)
 
 
 def _resize(cams, width: int | None, height: int | None):

@@ -14,13 +14,15 @@ Conventions (held everywhere in manyview):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-from manyview.geometry.poses import look_at, orbit_poses
+from manyview.errors import ManyviewError
+from manyview.geometry.poses import box_orbit_poses, look_at, orbit_poses
 from manyview.geometry.rotation import matrix_to_quaternion, quaternion_to_matrix
 from manyview.geometry.transforms import invert_rigid, rigid as _rigid
 
@@ -200,13 +202,46 @@ class Cameras:
         new_t = (torch.as_tensor(scale, dtype=c2w.dtype) * (rot @ c2w[..., :3, 3:4]))[..., 0] + T[..., :3, 3]
         return self.with_poses(_rigid(new_R, new_t))
 
-    def orbit(self, n: int) -> "Cameras":
-        """``n`` cameras on a circle through these cameras' mean centre, around the vertical they share, looking at
-        the point they look at (:func:`manyview.geometry.poses.orbit_poses`); intrinsics and image size are the
-        first camera's."""
-        c2w = orbit_poses(self.c2w.reshape(-1, 4, 4), n)
-        first = self.fxfycxcy.reshape(-1, 4)[0]
-        return Cameras(first.expand(n, 4), c2w, self.image_size.reshape(-1, 2)[0].expand(n, 2))
+    def orbit(self, n: int, *, center: Tensor | None = None, up: Tensor | None = None,
+              radius: float | None = None, points: Tensor | None = None) -> "Cameras":
+        """``n`` cameras on an orbit that frames what these cameras look at
+        (:func:`manyview.geometry.poses.orbit_poses`): around the vertical they share, through the scene centre
+        (the point closest to their optical axes when they look at it, the middle of where they stand when they
+        look around, as in a room, else the centre of ``points`` (P, 3), such as the scene's Gaussians, when
+        given), at their typical distance from it and height above it. ``center``,
+        ``up`` and ``radius`` override what is derived.
+
+        Intrinsics match the inputs: the first camera's image size, the median field of view of all of them
+        (per axis), the principal point at the image centre."""
+        flat = self.c2w.reshape(-1, 4, 4)
+        c2w = orbit_poses(flat, n, center=center, up=up, radius=radius, points=points)
+        return Cameras(self._orbit_intrinsics().expand(n, 4), c2w, self.image_size.reshape(-1, 2)[0].expand(n, 2))
+
+    def _orbit_intrinsics(self) -> Tensor:
+        f = self.fxfycxcy.reshape(-1, 4)
+        hw = self.image_size.reshape(-1, 2).to(f.dtype)
+        h, w = hw[0, 0], hw[0, 1]
+        fx = (f[:, 0] / hw[:, 1]).median() * w  # focal in image widths: the field of view, at the first size
+        fy = (f[:, 1] / hw[:, 0]).median() * h
+        return torch.stack([fx, fy, w / 2, h / 2])
+
+    @classmethod
+    def orbit_around_box(cls, low: Tensor, high: Tensor, n: int, image_size=(512, 512), fov_x_deg: float = 50.0,
+                         up: Tensor | None = None, elevation_deg: float = 20.0, fill: float = 0.9,
+                         dtype: torch.dtype = torch.float32) -> "Cameras":
+        """``n`` cameras of ``image_size`` (height, width) with a horizontal field of view of ``fov_x_deg`` (square
+        pixels, centred principal point) on an orbit around the box [low, high] (3,) that keeps all of it in view
+        and fills most of the frame (:func:`manyview.geometry.poses.box_orbit_poses`): the orbit of a scene with
+        no cameras, such as a Gaussian splat made elsewhere. ``up`` is the world's vertical (default +z)."""
+        if not 0.0 < fov_x_deg < 180.0:
+            raise ManyviewError(f"the field of view must be strictly between 0 and 180 degrees, got {fov_x_deg}")
+        height, width = (int(v) for v in image_size)
+        f = 0.5 * width / math.tan(math.radians(fov_x_deg) / 2)
+        fxfycxcy = torch.tensor([f, f, width / 2, height / 2], dtype=torch.float64)
+        c2w = box_orbit_poses(low, high, n, fxfycxcy, (height, width), up=up, elevation_deg=elevation_deg,
+                              fill=fill)
+        size = torch.tensor([height, width]).expand(n, 2)
+        return cls(fxfycxcy.expand(n, 4).to(dtype), c2w.to(dtype), size)
 
     def resized(self, height: int, width: int) -> "Cameras":
         """Cameras for images resampled to (height, width) covering the same field of view."""

@@ -37,6 +37,23 @@ class GaussianStore(Protocol):
     def to(self, *args, **kwargs) -> GaussianStore: ...
 
 
+def check_shapes(store: GaussianStore, kind: str) -> None:
+    """Raise ValueError unless the six tensors of ``store`` have the shapes :class:`GaussianStore` names (their
+    ``shape``: for a sharded store the global shape)."""
+    p = store.means.shape[0] if store.means.dim() == 2 else -1
+    expected = {"means": (p, 3), "log_scales": (p, 3), "quats": (p, 4), "opacity_logits": (p,), "sh_dc": (p, 1, 3)}
+    for name, shape in expected.items():
+        if tuple(getattr(store, name).shape) != shape:
+            raise ValueError(f"{kind}.{name} must be {shape}, got {tuple(getattr(store, name).shape)}")
+    rest = store.sh_rest
+    if rest.dim() != 3 or rest.shape[0] != p or rest.shape[2] != 3:
+        raise ValueError(f"{kind}.sh_rest must be ({p}, K - 1, 3), got {tuple(rest.shape)}")
+    try:
+        degree_from_coefficients(rest.shape[1] + 1)
+    except ValueError as e:
+        raise ValueError(f"{kind}.sh_rest: {e}") from None
+
+
 @dataclass(frozen=True, eq=False)
 class Gaussians:
     means: Tensor  # (P, 3) world coordinates
@@ -47,19 +64,7 @@ class Gaussians:
     sh_rest: Tensor  # (P, K - 1, 3) higher-degree coefficients, K = (degree + 1)^2
 
     def __post_init__(self):
-        p = self.means.shape[0] if self.means.dim() == 2 else -1
-        expected = {"means": (p, 3), "log_scales": (p, 3), "quats": (p, 4), "opacity_logits": (p,),
-                    "sh_dc": (p, 1, 3)}
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"Gaussians.{name} must be {shape}, got {tuple(getattr(self, name).shape)}")
-        rest = self.sh_rest
-        if rest.dim() != 3 or rest.shape[0] != p or rest.shape[2] != 3:
-            raise ValueError(f"Gaussians.sh_rest must be ({p}, K - 1, 3), got {tuple(rest.shape)}")
-        try:
-            degree_from_coefficients(rest.shape[1] + 1)
-        except ValueError as e:
-            raise ValueError(f"Gaussians.sh_rest: {e}") from None
+        check_shapes(self, "Gaussians")
 
     # ----------------------------------------------------------------- construction
     @classmethod

@@ -8,12 +8,16 @@ a backend's module only when it is first used):
   shading, float32 rasterisation.
 - ``"gsplat"``: gsplat's CUDA rasteriser (``_gsplat.py``), when installed and the tensors are on a GPU.
 - ``"auto"``: gsplat on CUDA when available, else the reference on CUDA or for float64 input, else cpu.
+
+A store whose tensors are DTensors (:class:`manyview.splat.sharded.ShardedGaussians`) is rendered across its
+ranks by :class:`manyview.splat.distributed_render.ShardedRender` around the chosen (staged) backend.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 
 import torch
@@ -67,8 +71,8 @@ def choose_backend(gaussians: GaussianStore, backend: str = "auto") -> str:
     if backend != "auto":
         return backend
     device = gaussians.means.device
-    if device.type == "cuda":
-        return "gsplat" if gsplat_available() else "reference"
+    if device.type == "cuda":  # gsplat fuses the stages a sharded render exchanges between
+        return "gsplat" if gsplat_available() and not is_sharded(gaussians) else "reference"
     return "reference" if gaussians.means.dtype == torch.float64 else "cpu"
 
 
@@ -82,6 +86,8 @@ def render(gaussians: GaussianStore, cameras: Cameras, background: Tensor | None
     (3,) or (C, 3) is composited under the splats (black when None). ``sh_degree`` defaults to the degree of
     the stored coefficients and may be lower (3DGS raises it during training). Differentiable with respect to
     every Gaussian parameter; the reference backend is also differentiable with respect to the cameras.
+    Sharded Gaussians (:class:`manyview.splat.sharded.ShardedGaussians`, every rank calling with the same cameras)
+    give DTensor outputs: images sharded over the cameras, ``means2d`` / ``radii`` over the Gaussians.
     """
     stored = degree_from_coefficients(gaussians.sh_rest.shape[1] + 1)
     sh_degree = stored if sh_degree is None else sh_degree
@@ -90,7 +96,19 @@ def render(gaussians: GaussianStore, cameras: Cameras, background: Tensor | None
     settings = RenderSettings(sh_degree, mode, near, far, tile_size)
     cams = _flat_cameras(cameras)
     background = _per_camera_background(background, len(cams), gaussians.means.device)
-    return get_backend(choose_backend(gaussians, backend)).render(gaussians, cams, background, settings)
+    chosen = get_backend(choose_backend(gaussians, backend))
+    if is_sharded(gaussians):
+        from manyview.splat.distributed_render import ShardedRender
+
+        chosen = ShardedRender(chosen)
+    return chosen.render(gaussians, cams, background, settings)
+
+
+def is_sharded(gaussians: GaussianStore) -> bool:
+    """Whether the store's tensors are DTensors (``manyview.splat.sharded``): then every rank renders its shard
+    and the ranks exchange splats. Cheap for ordinary tensors: DTensor's module is only looked up once loaded."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(gaussians.means, dtensor.DTensor)
 
 
 def _flat_cameras(cameras: Cameras) -> Cameras:

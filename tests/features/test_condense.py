@@ -18,7 +18,7 @@ from manyview.features.teachers import EfficientNetTeacher
 from manyview.geometry.projection import project
 from manyview.geometry.transforms import invert_rigid
 from manyview.train import OptimConfig, TrainConfig, train
-from manyview.train.condense_task import CondenseTask, condense_losses, preset
+from manyview.train.condense_task import CondenseTask, common_offset, condense_losses, cosine_distance, preset
 
 TINY = ConDenseConfig(dim=8, head_hidden=16, point=PointBackboneConfig(width=16, depth=1, heads=2, k=4))
 
@@ -76,14 +76,34 @@ def test_losses_measure_what_they_are_named_after():
     f2d = torch.randn(2, 4, 3, 3, generator=g)
     alpha = torch.full((2, 3, 3), 0.8)
     alpha[0, 0, 0] = 0.1  # below min_alpha: not counted, whatever its feature
-    rendered = f2d * alpha[:, None] * 3.0  # the same direction, any scale
-    rendered[0, :, 0, 0] = -rendered[0, :, 0, 0]
+    rendered = f2d * alpha[:, None]  # renders, divided by the opacity, to the 2D features
+    rendered[0, :, 0, 0] = -rendered[0, :, 0, 0]  # not counted
     teacher = torch.randn(2, 6, 3, 3, generator=g)
-    cons, anchor, coverage = condense_losses(rendered, alpha, f2d, teacher * 2, teacher, 0.5)
+    cons, anchor, offset, coverage = condense_losses(rendered, alpha, f2d, teacher * 2, teacher, 0.5)
     assert float(cons) == pytest.approx(0, abs=1e-6) and float(anchor) == pytest.approx(0, abs=1e-6)
     assert float(coverage) == pytest.approx(17 / 18)
-    cons, anchor, _ = condense_losses(-rendered, alpha, f2d, -teacher, teacher, 0.5)
+    counted = (alpha >= 0.5)[:, None].float()
+    mean = (f2d * counted).sum(dim=(0, 2, 3), keepdim=True) / counted.sum()
+    mirrored = (2 * mean - f2d) * alpha[:, None]  # the 2D features' variation reversed about their mean
+    cons, anchor, _, _ = condense_losses(mirrored, alpha, f2d, -teacher, teacher, 0.5)
     assert float(cons) == pytest.approx(2, abs=1e-5) and float(anchor) == pytest.approx(2, abs=1e-5)
+
+
+def test_a_constant_feature_field_earns_nothing_from_the_anchor_and_pays_the_offset_term():
+    """The collapse the tiny preset showed: a near-constant 2D feature matched non-negative teacher features at
+    cos ~0.4 and made the consistency term trivially 0."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.rand(4, 6, 5, 5, generator=g)  # non-negative, like ReLU stages
+    constant = torch.ones(4, 6, 5, 5) + 1e-3 * torch.randn(4, 6, 5, 5, generator=g)
+    assert float(cosine_distance(constant, teacher).mean()) < 0.3  # what the uncentred anchor gave a constant
+    alpha = torch.ones(4, 5, 5)
+    terms = condense_losses(constant * alpha[:, None], alpha, constant, constant, teacher, 0.5)
+    assert float(terms.consistency) < 1e-6, "consistency alone cannot tell a constant field"
+    assert float(terms.anchor) > 0.8 and float(terms.offset) > 10
+    centred = torch.randn(4, 6, 5, 5, generator=g)
+    centred = centred - centred.mean(dim=(0, 2, 3), keepdim=True)
+    assert float(common_offset(centred)) == pytest.approx(0, abs=1e-5)
+    assert float(common_offset(centred + 1.0)) > float(common_offset(centred + 0.1)) > 0
 
 
 def test_config_errors_are_one_line():
@@ -107,3 +127,16 @@ def test_a_few_training_steps_lower_the_loss_and_export_a_loadable_model(task, t
     assert result.history[-1]["anchor"] < result.history[0]["anchor"]
     model = ConDense.from_pretrained(tmp_path / "run" / "final")
     assert model.config == task.cfg.model
+    # not collapsed: the 2D features' directions spread over cells (1 - |mean unit vector|^2) grows from the
+    # fresh head's near-constant field (before the offset term and the centred anchor, it fell further)
+    batch = task.sample(100, torch.Generator().manual_seed(100))
+    spread = []
+    for m in (task.build_model(), model):
+        with torch.no_grad():
+            out = m.eval()(*(batch[k][None] for k in ("images", "points", "colors", "fxfycxcy", "c2w")))
+        for f in (out.features2d[0], out.features3d[0].T[None, :, :, None]):
+            f = torch.nn.functional.normalize(f, dim=1)
+            spread.append(1 - float(f.mean(dim=(0, 2, 3)).square().sum()))
+    print("spread 2D / 3D before, after", spread)
+    assert spread[2] > max(10 * spread[0], 0.005), spread
+    assert spread[3] > 0.01, spread

@@ -29,6 +29,7 @@ _DESCRIPTIONS = {
 
 def _commands() -> dict[str, Any]:
     from manyview.cli.eval import Eval
+    from manyview.cli.features import Features
     from manyview.cli.info import Info
     from manyview.cli.nvs import NVS
     from manyview.cli.reconstruct import Reconstruct
@@ -45,6 +46,7 @@ def _commands() -> dict[str, Any]:
         "nvs": NVS,
         "train": Train,
         "eval": Eval,
+        "features": Features,
         "splat": Splat,
         "render": Render,
         "view": View,

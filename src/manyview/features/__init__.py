@@ -7,7 +7,12 @@
 - :mod:`~manyview.features.render`: per-point features composited into camera views along their rays, with a
   per-ray reference;
 - :mod:`~manyview.features.condense`: the two students joined for training (rendered 3D vs 2D, and the 2D student
-  anchored to its teacher).
+  anchored to its teacher);
+- :mod:`~manyview.features.keypoints`: sparse features, at most K salient 3D key points with descriptors (3D NMS)
+  and their 2D counterpart detected in one image;
+- :mod:`~manyview.features.lift`: 2D features lifted onto the points that the views see (the baseline 3D features);
+- :mod:`~manyview.features.export`: a scene's dense and sparse features, computed and written (``manyview
+  features``).
 
 Multi-view consistency is measured by :mod:`manyview.metrics.correspondence`.
 """

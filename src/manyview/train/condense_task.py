@@ -8,13 +8,25 @@ A sample is one synthetic scene (:mod:`manyview.synth`, exact depth and cameras)
 
 Loss (per micro-batch, :class:`~manyview.features.condense.ConDense` does the forward pass):
 
-- consistency: 1 - cos(rendered 3D features / alpha, 2D student features) at the grid cells whose accumulated
-  opacity is at least ``min_alpha`` (gradients reach both students);
-- anchor: 1 - cos(anchor decoder(2D student features), frozen teacher features), every cell;
+- consistency: 1 - cos(rendered 3D features / alpha - m, 2D student features - m) at the grid cells whose
+  accumulated opacity is at least ``min_alpha``, m the 2D features' channel means over those cells (gradients reach
+  both students): the 3D features must match the 2D ones' offset and their variation (uncentred, 3D features
+  that kept only the 2D features' common direction scored cos 0.94 and stayed near-constant, spread 0.006);
+- anchor: 1 - cos(anchor decoder(2D student features), frozen teacher features), every cell, both centred per
+  channel over the micro-batch's cells first. The teacher's features are non-negative (ReLU stages), so without
+  the centring a constant 2D feature already scores cos ~0.4 against them, and consistency + anchor collapsed the
+  students onto a near-constant direction (measured on the tiny preset: the directions' spread, 1 - |mean unit
+  2D feature|^2 over cells, was 0.002 after 50 steps, the teacher's 0.71); centred, a constant scores 0 and only
+  features that predict the teacher's variation do;
+- offset: log(mean |f|^2 / mean |f - mean f|^2) of the 2D student's features f over the micro-batch's cells, i.e.
+  minus the log of the fraction of their energy that varies from cell to cell: 0 for centred features, large for a
+  near-constant field. Cosine matching cannot see through a common offset, and the consistency term alone is met by
+  any shared constant. (A scale-free penalty such as |mean unit vector|^2 has a vanishing gradient at collapse and
+  did not move in 20 steps; the log ratio's gradient grows there.)
 
-``consistency_weight * consistency + anchor_weight * anchor``; either weight may be 0 (the ablations). Train with
-``manyview train condense`` (see the CLI) or :func:`manyview.train.train` with :class:`CondenseTask`; ``out_dir/final``
-is then a model folder that ``ConDense.from_pretrained`` reads.
+``consistency_weight * consistency + anchor_weight * anchor + offset_weight * offset``; the first two may be 0 (the
+ablations). Train with ``manyview train condense`` (see the CLI) or :func:`manyview.train.train` with
+:class:`CondenseTask`; ``out_dir/final`` is then a model folder that ``ConDense.from_pretrained`` reads.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +94,8 @@ class CondenseTaskConfig:
     anchor_weight: float = 1.0
     min_alpha: float = 0.5
     """Grid cells whose accumulated opacity is below this are left out of the consistency term."""
+    offset_weight: float = 0.1
+    """Weight of the term that keeps a common offset out of the 2D features (against collapse onto a constant)."""
 
 
 def cosine_distance(a: Tensor, b: Tensor, dim: int = 1) -> Tensor:
@@ -89,13 +103,36 @@ def cosine_distance(a: Tensor, b: Tensor, dim: int = 1) -> Tensor:
     return 1 - F.cosine_similarity(a.float(), b.float(), dim=dim, eps=1e-6)
 
 
+class CondenseLosses(NamedTuple):
+    consistency: Tensor
+    anchor: Tensor
+    offset: Tensor
+    coverage: Tensor  # fraction of cells counted by the consistency term
+
+
+def centre_channels(x: Tensor) -> Tensor:
+    """(N, C, h, w) minus each channel's mean over all N x h x w cells."""
+    return x - x.float().mean(dim=(0, 2, 3), keepdim=True)
+
+
+def common_offset(features: Tensor, eps: float = 1e-8) -> Tensor:
+    """log(mean |f|^2 / mean |f - mean f|^2) over the cells of (N, C, h, w): 0 when the channel means are 0."""
+    f = features.float()
+    energy = f.square().sum(1).mean()
+    varying = centre_channels(f).square().sum(1).mean()
+    return torch.log(energy + eps) - torch.log(varying + eps)
+
+
 def condense_losses(rendered: Tensor, alpha: Tensor, features2d: Tensor, anchor: Tensor, teacher: Tensor,
-                    min_alpha: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(consistency, anchor, coverage) of one micro-batch; all inputs flattened to (N, ·, h, w)."""
+                    min_alpha: float) -> CondenseLosses:
+    """The loss terms of one micro-batch (see the module docstring); all inputs flattened to (N, ·, h, w)."""
     mask = (alpha >= min_alpha).float()
     rendered = rendered / alpha.clamp_min(1e-6)[:, None]
-    consistency = (cosine_distance(rendered, features2d) * mask).sum() / mask.sum().clamp_min(1.0)
-    return consistency, cosine_distance(anchor, teacher).mean(), mask.mean()
+    weights = mask[:, None] / mask.sum().clamp_min(1.0)
+    mean2d = (features2d.float() * weights).sum(dim=(0, 2, 3), keepdim=True)  # over the counted cells
+    consistency = (cosine_distance(rendered - mean2d, features2d - mean2d) * mask).sum() / mask.sum().clamp_min(1.0)
+    anchor = cosine_distance(centre_channels(anchor), centre_channels(teacher)).mean()
+    return CondenseLosses(consistency, anchor, common_offset(features2d), mask.mean())
 
 
 class SyntheticScenes:
@@ -151,6 +188,8 @@ class CondenseTask:
         if self.cfg.consistency_weight < 0 or self.cfg.anchor_weight < 0 or \
                 self.cfg.consistency_weight + self.cfg.anchor_weight <= 0:
             raise ManyviewError("consistency_weight and anchor_weight must be >= 0, and not both 0")
+        if self.cfg.offset_weight < 0:
+            raise ManyviewError(f"offset_weight must be >= 0, got {self.cfg.offset_weight}")
         self.teacher = teacher if teacher is not None else load_teacher(self.cfg.model.teacher,
                                                                         self.cfg.teacher_weights)
         self.source = SyntheticScenes(self.cfg.data)
@@ -170,11 +209,11 @@ class CondenseTask:
         self.teacher.to(images.device)
         with torch.no_grad():
             target = self.teacher(images.flatten(0, 1))
-        consistency, anchor, coverage = condense_losses(out.rendered.flatten(0, 1), out.alpha.flatten(0, 1),
-                                                        out.features2d.flatten(0, 1), out.anchor.flatten(0, 1),
-                                                        target, self.cfg.min_alpha)
-        total = self.cfg.consistency_weight * consistency + self.cfg.anchor_weight * anchor
-        return total, {"consistency": consistency.detach(), "anchor": anchor.detach(), "coverage": coverage}
+        terms = condense_losses(out.rendered.flatten(0, 1), out.alpha.flatten(0, 1), out.features2d.flatten(0, 1),
+                                out.anchor.flatten(0, 1), target, self.cfg.min_alpha)
+        total = (self.cfg.consistency_weight * terms.consistency + self.cfg.anchor_weight * terms.anchor
+                 + self.cfg.offset_weight * terms.offset)
+        return total, {name: value.detach() for name, value in terms._asdict().items()}
 
     def save_weights(self, state_dict: dict[str, Tensor], directory: Path) -> None:
         """config.json + model.safetensors (``ConDense.from_pretrained``)."""
@@ -211,5 +250,5 @@ def preset(name: str) -> CondenseRun:
     return copy.deepcopy(PRESETS[name]())
 
 
-__all__ = ["CondenseDataConfig", "CondenseRun", "CondenseTask", "CondenseTaskConfig", "PRESETS", "SyntheticScenes",
-           "condense_losses", "cosine_distance", "preset"]
+__all__ = ["CondenseDataConfig", "CondenseLosses", "CondenseRun", "CondenseTask", "CondenseTaskConfig", "PRESETS",
+           "SyntheticScenes", "centre_channels", "common_offset", "condense_losses", "cosine_distance", "preset"]

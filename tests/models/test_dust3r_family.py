@@ -10,9 +10,8 @@ from manyview.errors import ManyviewError
 from manyview.models.dust3r_family import (
     FamilySpec,
     PointmapHead,
-    from_network_orientation,
     patch_grid,
-    to_network_orientation,
+    stored_transposed,
 )
 from manyview.models.fast3r import Fast3RConfig, fast3r_config
 from manyview.models.pairwise import PairwiseConfig
@@ -59,20 +58,16 @@ def test_matching_presets_describe_the_same_architecture():
     assert f.hooks == p.hooks == [0, 6, 9, 12] and f.dpt_widths == (128, 64, [48, 96, 192, 384])
 
 
-def test_orientation_turns_only_portrait_views_and_back():
-    portrait, landscape = torch.rand(2, 3, 48, 32), torch.rand(2, 3, 32, 48)
-    x, turned = to_network_orientation(portrait, landscape_only=True)
-    assert turned and x.shape == (2, 3, 32, 48) and torch.equal(x, portrait.transpose(-1, -2))
-    for images, only in ((landscape, True), (portrait, False)):
-        same, turned = to_network_orientation(images, only)
-        assert not turned and same is images
-    # outputs of a turned view (network orientation) come back in the input orientation, with or without N
-    for lead in ((2,), (2, 5)):
-        pts, conf = torch.rand(*lead, 32, 48, 3), torch.rand(*lead, 32, 48)
-        back_pts, back_conf = from_network_orientation(pts, conf, True)
-        assert back_pts.shape == (*lead, 48, 32, 3) and back_conf.shape == (*lead, 48, 32)
-        assert torch.equal(back_pts[..., 5, 7, :], pts[..., 7, 5, :]) and torch.equal(back_conf[..., 5, 7],
-                                                                                        conf[..., 7, 5])
+def test_true_shape_tells_which_samples_are_stored_transposed():
+    stored = torch.rand(3, 3, 32, 48)
+    assert stored_transposed(stored, None).tolist() == [False] * 3  # no true_shape: every sample as stored
+    flags = stored_transposed(stored, torch.tensor([[32, 48], [48, 32], [32, 48]]))
+    assert flags.tolist() == [False, True, False]
+    assert stored_transposed(torch.rand(1, 3, 32, 32), torch.tensor([[32, 32]])).tolist() == [False]  # square
+    with pytest.raises(ManyviewError, match="view 2: true_shape \\(32, 64\\) of sample 1 is neither"):
+        stored_transposed(stored, torch.tensor([[32, 48], [32, 64], [48, 32]]), "view 2")
+    with pytest.raises(ManyviewError, match="true_shape must be \\(B, 2\\)"):
+        stored_transposed(stored, torch.tensor([[32, 48]]))
     with pytest.raises(ManyviewError, match="not a multiple of the patch size 16"):
         patch_grid(torch.rand(1, 3, 30, 32), 16)
 

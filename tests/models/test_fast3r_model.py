@@ -188,16 +188,61 @@ def test_bfloat16_autocast_inference_is_close(tiny):
     assert (out.pts3d_global - ref.pts3d_global).abs().max() < 0.1 * scale
 
 
-def test_landscape_only_runs_portrait_views_transposed(micro):
-    model = micro
+def _training_layout(model):
+    """The same weights under the training configuration (ManyAR_PatchEmbed, landscape_only)."""
     cfg = model.config.to_dict()
+    cfg["encoder_args"]["patch_embed_cls"] = "ManyAR_PatchEmbed"
     cfg["head_args"]["landscape_only"] = True
-    lmodel = Fast3R(Fast3RConfig.from_dict(cfg)).eval()
-    lmodel.load_state_dict(model.state_dict())
-    portrait = _images(1, 2, H=48, W=32)
-    a = lmodel.infer(portrait).pts3d_global
-    b = model.infer(portrait.transpose(-1, -2)).pts3d_global.transpose(2, 3)
-    assert a.shape == (1, 2, 48, 32, 3) and torch.allclose(a, b, atol=1e-6)
+    trained = Fast3R(Fast3RConfig.from_dict(cfg)).eval()
+    trained.load_state_dict(model.state_dict())
+    return trained
+
+
+def test_portrait_views_run_in_their_real_orientation(micro):
+    """Under landscape_only the official code runs every picture in its real orientation (it only stores portrait
+    pictures transposed): the same function as the released configuration, not f(I^T)^T."""
+    trained = _training_layout(micro)
+    portrait = _images(2, 3, H=48, W=32, seed=2)
+    got = trained.infer(portrait)
+    real = micro.infer(portrait)
+    transposed = micro.infer(portrait.transpose(-1, -2))  # what running the transposed picture gives
+    assert got.pts3d_global.shape == (2, 3, 48, 32, 3)
+    for a, b in ((got.pts3d_global, real.pts3d_global), (got.conf_local, real.conf_local)):
+        assert torch.allclose(a, b, atol=1e-6)
+    wrong = transposed.pts3d_global.transpose(2, 3)
+    assert (got.pts3d_global - wrong).abs().max() > 1e-2 * wrong.abs().max()
+
+
+def test_forward_views_takes_the_official_storage_of_portrait_samples(micro):
+    """true_shape per sample: portrait pictures stored transposed to landscape, one view's batch mixing both
+    orientations; outputs come back in the stored layout, each sample as if it ran on its own."""
+    trained = _training_layout(micro)
+    land = [_images(2, 1, seed=s)[:, 0] * 2 - 1 for s in range(3)]  # (2, 3, 32, 48)
+    port = [_images(2, 1, H=48, W=32, seed=10 + s)[:, 0] * 2 - 1 for s in range(3)]  # (2, 3, 48, 32)
+    # view 0 landscape; view 1 portrait in both samples; view 2 portrait in sample 0, landscape in sample 1
+    real = [[land[0][b], port[1][b], port[2][b] if b == 0 else land[2][b]] for b in range(2)]
+    stored = [torch.stack([x if x.shape[-1] >= x.shape[-2] else x.transpose(-1, -2) for x in
+                           (real[0][v], real[1][v])]) for v in range(3)]
+    true_shape = [torch.tensor([list(real[b][v].shape[-2:]) for b in range(2)]) for v in range(3)]
+    with torch.no_grad():
+        res = trained.forward_views([{"img": x, "true_shape": t} for x, t in zip(stored, true_shape)])
+        for b in range(2):
+            alone = micro.forward_views([{"img": x[None]} for x in real[b]], image_ids=torch.tensor([[0, 1, 2]]))
+            for v in range(3):
+                for key in ("pts3d_in_other_view", "conf", "pts3d_local", "conf_local"):
+                    ref = alone[v][key][0]
+                    if tuple(true_shape[v][b].tolist()) != tuple(stored[v].shape[-2:]):
+                        ref = ref.transpose(0, 1)  # stored transposed
+                    assert res[v][key].shape[:3] == (2, 32, 48)
+                    assert torch.allclose(res[v][key][b], ref, atol=1e-5), (b, v, key)
+    # the released configuration reads the same layout the same way (the network is the same function)
+    with torch.no_grad():
+        same = micro.forward_views([{"img": x, "true_shape": t} for x, t in zip(stored, true_shape)])
+    assert torch.allclose(same[2]["pts3d_local"], res[2]["pts3d_local"], atol=1e-6)
+    with pytest.raises(ManyviewError, match="view 1: true_shape \\(40, 48\\) of sample 0 is neither"):
+        micro.forward_views([{"img": stored[0]}, {"img": stored[1], "true_shape": torch.tensor([[40, 48], [32, 48]])}])
+    with pytest.raises(ManyviewError, match="true_shape must be \\(B, 2\\)"):
+        micro.forward_views([{"img": stored[0], "true_shape": torch.tensor([32, 48])}])
 
 
 def test_bad_inputs(tiny):

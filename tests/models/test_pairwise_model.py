@@ -123,17 +123,28 @@ def test_cached_encoder_matches_per_pair_encoding(micro, batch_size):
     assert torch.allclose(cached.conf_i[7], one.conf1[0], atol=1e-5)
 
 
-def test_landscape_only_runs_portrait_views_transposed(micro):
-    config = PairwiseConfig(**{**MICRO, "landscape_only": True})
+def test_portrait_views_run_in_their_real_orientation(micro):
+    """DUSt3R's training setting (landscape_only, ManyAR_PatchEmbed) only stores portrait pictures transposed: the
+    network runs on the real picture, so the outputs are those of the released setting, not f(I^T)^T."""
+    config = PairwiseConfig(**{**MICRO, "landscape_only": True, "patch_embed_cls": "ManyAR_PatchEmbed"})
     model = PairwiseNet(config).eval()
     model.load_state_dict(micro.state_dict())
     a, b = _images(1, 48, 32), _images(1, 48, 32, seed=1)
     with torch.no_grad():
         got = model(a, b)
-        ref = micro(a.transpose(-1, -2), b.transpose(-1, -2))
-    assert got.pts1.shape == (1, 48, 32, 3)
-    assert torch.allclose(got.pts1, ref.pts1.transpose(1, 2), atol=1e-5)
-    assert torch.allclose(got.conf2, ref.conf2.transpose(1, 2), atol=1e-5)
+        real = micro(a, b)
+        transposed = micro(a.transpose(-1, -2), b.transpose(-1, -2))
+        mixed = model(a, _images(1, seed=2))  # a portrait and a landscape picture in one pair
+    assert got.pts1.shape == (1, 48, 32, 3) and mixed.pts2_in_1.shape == (1, 32, 48, 3)
+    for x, y in zip(got, real):
+        assert torch.allclose(x, y, atol=1e-6)
+    wrong = transposed.pts2_in_1.transpose(1, 2)
+    assert (got.pts2_in_1 - wrong).abs().max() > 1e-2 * wrong.abs().max()
+    pictures = torch.cat([a, b, _images(1, 48, 32, seed=3)])  # the cached-encoder path, all portrait
+    cached = model.infer_pairs(pictures, [(0, 1), (2, 0)])
+    assert torch.allclose(cached.pts_j[0], got.pts2_in_1[0], atol=1e-5)
+    for x, y in zip(cached[1:], micro.infer_pairs(pictures, [(0, 1), (2, 0)])[1:]):
+        assert torch.allclose(x, y, atol=1e-6)
 
 
 def test_save_pretrained_round_trip_has_the_dust3r_layout(micro, tmp_path):

@@ -152,19 +152,30 @@ def patch_grid(images: Tensor, patch_size: int) -> tuple[int, int]:
     return H // patch_size, W // patch_size
 
 
-def to_network_orientation(images: Tensor, landscape_only: bool) -> tuple[Tensor, bool]:
-    """The one place the family decides how a view is oriented for the network: with ``landscape_only`` (the
-    training setting of DUSt3R and Fast3R), portrait images (H > W) run transposed end to end, and
-    :func:`from_network_orientation` turns their outputs back. Returns (images, turned)."""
-    turned = landscape_only and images.shape[-2] > images.shape[-1]
-    return (images.transpose(-1, -2) if turned else images), turned
+def stored_transposed(images: Tensor, true_shape: Tensor | None, what: str = "view") -> Tensor:
+    """The family's one orientation rule, for the official list-of-views layout: which samples of a stored batch
+    (B, 3, h, w) hold their picture transposed. Returns (B,) bool on the CPU.
 
-
-def from_network_orientation(points: Tensor, conf: Tensor, turned: bool) -> tuple[Tensor, Tensor]:
-    """Undo :func:`to_network_orientation` on outputs: points (..., H, W, 3), confidence (..., H, W)."""
-    if not turned:
-        return points, conf
-    return points.transpose(-3, -2), conf.transpose(-2, -1)
+    DUSt3R's and Fast3R's data loaders give each sample's real (H, W) as ``true_shape``. Under ``landscape_only``
+    (their training setting, with ``ManyAR_PatchEmbed``) a portrait picture is stored transposed to landscape, so
+    its ``true_shape`` is (w, h); one batch may mix such samples with landscape ones. The official patch embedding
+    transposes them back and takes positions from the real portrait grid, and the head wrapper transposes only the
+    outputs, for storage: the network always runs on the picture in its real orientation, and so do manyview's
+    networks, whatever ``landscape_only`` says. Without ``true_shape`` every sample is taken as stored.
+    """
+    B, (h, w) = images.shape[0], images.shape[-2:]
+    if true_shape is None:
+        return torch.zeros(B, dtype=torch.bool)
+    shape = torch.as_tensor(true_shape).cpu()
+    if tuple(shape.shape) != (B, 2):
+        raise ManyviewError(f"{what}: true_shape must be (B, 2) = ({B}, 2), got {tuple(shape.shape)}")
+    as_stored = (shape[:, 0] == h) & (shape[:, 1] == w)
+    transposed = (shape[:, 0] == w) & (shape[:, 1] == h) & ~as_stored
+    bad = (~(as_stored | transposed)).nonzero().flatten().tolist()
+    if bad:
+        raise ManyviewError(f"{what}: true_shape {tuple(shape[bad[0]].tolist())} of sample {bad[0]} is neither the "
+                            f"stored image size ({h}, {w}) nor its transpose")
+    return transposed
 
 
 # ------------------------------------------------------------------------------------------------ the head

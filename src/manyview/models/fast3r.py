@@ -26,6 +26,12 @@ view. The released model was trained with view 0 at index 0 and views 1..N-1 at 
 Images: :meth:`Fast3R.forward` and :meth:`Fast3R.infer` take images in [0, 1] (the manyview convention) and
 normalise to [-1, 1] inside; :meth:`Fast3R.forward_views` takes the official list-of-dicts form with ``img``
 already in [-1, 1]. Height and width must be multiples of 16.
+
+Portrait pictures: the network runs on every picture in its real orientation (patches and RoPE positions from its
+real grid), as the official code does under both configurations. The training configuration (``landscape_only``
+with ``ManyAR_PatchEmbed``) changes only how the official code stores portrait pictures and their outputs:
+transposed to landscape, with ``true_shape`` giving the real size; :meth:`Fast3R.forward_views` takes that layout
+(:func:`~manyview.models.dust3r_family.stored_transposed`).
 """
 
 from __future__ import annotations
@@ -48,11 +54,10 @@ from manyview.models.dust3r_family import (
     build_config,
     dpt_hooks,
     dpt_widths,
-    from_network_orientation,
     known_fields,
     patch_grid,
     rope_frequency,
-    to_network_orientation,
+    stored_transposed,
     without_unset,
 )
 from manyview.nn.blocks import Block, SelfAttention
@@ -263,8 +268,7 @@ def image_index_positions(batch: int, num_views: int, seed: int | None = None, r
 class ViewGroup:
     """Consecutive views of one image shape, as the network runs them."""
 
-    images: Tensor  # (B, n, 3, H, W) in [-1, 1], already in network orientation
-    turned: bool  # portrait views running transposed (landscape_only); their outputs are turned back
+    images: Tensor  # (B, n, 3, H, W) in [-1, 1], each picture in its real orientation
     grid: tuple[int, int]  # token grid (H / patch, W / patch)
 
     @property
@@ -332,7 +336,7 @@ class FusionTransformer(nn.Module):
 
 
 class GroupPointmaps(NamedTuple):
-    """The heads' outputs for one group of n views, in the input orientation."""
+    """The heads' outputs for one group of n views."""
 
     pts3d_global: Tensor  # (B, n, H, W, 3)
     conf_global: Tensor  # (B, n, H, W)
@@ -413,18 +417,46 @@ class Fast3R(nn.Module, HubMixin):
 
     def forward_views(self, views: list[dict], image_ids: Tensor | None = None,
                       image_index_seed: int | None = None) -> list[dict]:
-        """The official interface: views = [{"img": (B, 3, H, W) in [-1, 1], ...}] (sizes may differ between
-        views) -> per view {"pts3d_in_other_view", "conf", "pts3d_local", "conf_local"}."""
+        """The official interface: views = [{"img": (B, 3, h, w) in [-1, 1], "true_shape": (B, 2) optional}]
+        (sizes may differ between views) -> per view {"pts3d_in_other_view", "conf", "pts3d_local", "conf_local"},
+        each (B, h, w, ...).
+
+        ``true_shape`` is each sample's real (H, W): (h, w), or (w, h) for a portrait picture stored transposed to
+        landscape, as the official loaders store it under ``landscape_only``; one view's batch may mix both. Every
+        picture runs in its real orientation; a transposed sample's outputs come back transposed, in the stored
+        layout, as the official heads return them.
+        """
         if not views:
             raise ManyviewError("no views given")
-        results, _ = self.predict(stack_consecutive([v["img"] for v in views]), image_ids, image_index_seed)
+        images = [v["img"] for v in views]
+        batch = images[0].shape[0]
+        for i, img in enumerate(images):
+            if img.dim() != 4 or img.shape[1] != 3 or img.shape[0] != batch:
+                raise ManyviewError(f"view {i}: img must be (B, 3, H, W) with the batch size B = {batch} of view 0, "
+                                    f"got {tuple(img.shape)}")
+        flips = torch.stack([stored_transposed(img, v.get("true_shape"), f"view {i}")
+                             for i, (img, v) in enumerate(zip(images, views))], dim=1)  # (B, N): stored transposed
+        ids = self._image_ids(batch, len(views), image_ids, image_index_seed)
+        # Samples that share an orientation pattern run together, every picture in its real orientation.
+        patterns = flips.unique(dim=0)
+        parts = []  # per pattern: (its samples, per view the four outputs in the stored layout)
+        for pattern in patterns:
+            rows = (flips == pattern).all(dim=1).nonzero().flatten()
+            flip = pattern.tolist()
+            picked = images if len(patterns) == 1 else [img[rows.to(img.device)] for img in images]
+            real = [img.transpose(-1, -2) if f else img for img, f in zip(picked, flip)]
+            results, _ = self.predict(stack_consecutive(real), ids[rows])
+            per_view = [[t if t is None else t[:, j] for t in group] for group in results
+                        for j in range(group.pts3d_global.shape[1])]
+            parts.append((rows, [[t if t is None or not f else t.transpose(1, 2) for t in outs]
+                                 for outs, f in zip(per_view, flip)]))
         out = []
-        for pts, conf, pts_l, conf_l in results:
-            for j in range(pts.shape[1]):
-                view = {"pts3d_in_other_view": pts[:, j], "conf": conf[:, j]}
-                if pts_l is not None:
-                    view.update(pts3d_local=pts_l[:, j], conf_local=conf_l[:, j])
-                out.append(view)
+        for v in range(len(views)):
+            tensors = [_gather_rows([(rows, stored[v][k]) for rows, stored in parts], batch) for k in range(4)]
+            view = {"pts3d_in_other_view": tensors[0], "conf": tensors[1]}
+            if tensors[2] is not None:
+                view.update(pts3d_local=tensors[2], conf_local=tensors[3])
+            out.append(view)
         return out
 
     # ---------------------------------------------------------------------------------------- the network
@@ -433,7 +465,7 @@ class Fast3R(nn.Module, HubMixin):
                 max_parallel_views_for_head: int | None = None) -> tuple[list[GroupPointmaps], Tensor]:
         """groups of views of one shape, each (B, n_g, 3, H_g, W_g) in [-1, 1], in view order -> each group's
         :class:`GroupPointmaps` and the (B, N) image-index positions used."""
-        views = self.orient(groups)
+        views = self.view_groups(groups)
         ids = self._image_ids(views[0].images.shape[0], sum(v.num_views for v in views), image_ids,
                               image_index_seed)
         tokens = self.encode_views(views, encoder_chunk_size)
@@ -441,15 +473,15 @@ class Fast3R(nn.Module, HubMixin):
         return [self.pointmaps(layers, view, start, max_parallel_views_for_head)
                 for view, start in zip(views, token_starts(views))], ids
 
-    def orient(self, groups: list[Tensor]) -> list[ViewGroup]:
-        """Each group in network orientation (the family's rule, ``head_args.landscape_only``), checked."""
+    def view_groups(self, groups: list[Tensor]) -> list[ViewGroup]:
+        """Each group checked (one batch size, sizes multiples of the patch), with its token grid. No group is
+        transposed: the network runs on every picture as given, in its real orientation."""
         batch = groups[0].shape[0]
         views = []
         for g in groups:
-            images, turned = to_network_orientation(g, self.config.head_args.landscape_only)
-            if images.shape[0] != batch:
+            if g.shape[0] != batch:
                 raise ManyviewError("every view must have the same batch size")
-            views.append(ViewGroup(images, turned, patch_grid(images, self.patch_size)))
+            views.append(ViewGroup(g, patch_grid(g, self.patch_size)))
         return views
 
     def encode(self, images: Tensor, encoder_chunk_size: int | None = None) -> Tensor:
@@ -498,11 +530,9 @@ class Fast3R(nn.Module, HubMixin):
 
     def pointmaps(self, layers: list[Tensor], view: ViewGroup, start: int,
                   max_parallel_views_for_head: int | None = None) -> GroupPointmaps:
-        """Both heads on one group's tokens (from ``start`` in the fused layers), turned back to the input
-        orientation."""
+        """Both heads on one group's tokens (from ``start`` in the fused layers)."""
         group_layers = [lay[:, start: start + view.num_tokens] for lay in layers]
         outs = self._run_heads(group_layers, view.num_views, view.grid, max_parallel_views_for_head)
-        outs = [from_network_orientation(pts, conf, view.turned) for pts, conf in outs]
         local = outs[1] if len(outs) > 1 else (None, None)
         return GroupPointmaps(*outs[0], *local)
 
@@ -537,3 +567,16 @@ class Fast3R(nn.Module, HubMixin):
         if self.training:
             return image_index_positions(batch, num_views, random=self.config.decoder_args.random_image_idx_embedding)
         return image_index_positions(batch, num_views, seed=seed)
+
+
+def _gather_rows(parts: list[tuple[Tensor, Tensor | None]], batch: int) -> Tensor | None:
+    """[(sample indices, rows of a (B, ...) tensor)] covering 0..B-1 -> the whole tensor (the only part as it is)."""
+    if parts[0][1] is None:
+        return None
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    whole = first.new_empty(batch, *first.shape[1:])
+    for rows, values in parts:
+        whole[rows.to(whole.device)] = values
+    return whole

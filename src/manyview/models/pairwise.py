@@ -11,7 +11,12 @@ Weight-compatible with DUSt3R's ``AsymmetricCroCo3DStereo`` (e.g. ``naver/DUSt3R
                                         frame, with confidence 1 + exp(c)
 
 The DPT heads read [raw encoder tokens, decoder outputs after blocks depth/2, 3*depth/4 and depth]. The config
-validation, the head and the portrait orientation are shared with Fast3R (:mod:`manyview.models.dust3r_family`).
+validation and the head are shared with Fast3R (:mod:`manyview.models.dust3r_family`).
+
+Portrait pictures run in their real orientation (patches, and the RoPE positions of encoder and decoders, from the
+real patch grid), as DUSt3R computes them under both configurations: its training setting ``landscape_only`` (with
+``ManyAR_PatchEmbed``) only stores portrait pictures and outputs transposed to landscape
+(:func:`~manyview.models.dust3r_family.stored_transposed`), so it changes nothing here.
 
 The encoder's modules sit at the top level of the state dict (``patch_embed.*``, not ``encoder.patch_embed.*``)
 because DUSt3R's model subclasses its encoder class (CroCoNet); this class subclasses
@@ -46,11 +51,9 @@ from manyview.models.dust3r_family import (
     build_config,
     dpt_hooks,
     dpt_widths,
-    from_network_orientation,
     known_fields,
     patch_grid,
     rope_frequency,
-    to_network_orientation,
     without_unset,
 )
 from manyview.models.fast3r import fast3r_config
@@ -234,13 +237,12 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
         if img1.shape[0] != img2.shape[0]:
             raise ManyviewError(f"img1 and img2 must hold the same number of pairs, got {img1.shape[0]} and "
                                 f"{img2.shape[0]}")
-        (x1, turned1), (x2, turned2) = self._orient(img1), self._orient(img2)
-        g1, g2 = patch_grid(x1, self.patch_size), patch_grid(x2, self.patch_size)
-        if x1.shape == x2.shape:
-            f1, f2 = self.encode(torch.cat((x1, x2))).chunk(2)
+        g1, g2 = patch_grid(img1, self.patch_size), patch_grid(img2, self.patch_size)
+        if img1.shape == img2.shape:
+            f1, f2 = self.encode(torch.cat((img1, img2))).chunk(2)
         else:
-            f1, f2 = self.encode(x1), self.encode(x2)
-        return self.predict_pair(f1, g1, turned1, f2, g2, turned2)
+            f1, f2 = self.encode(img1), self.encode(img2)
+        return self.predict_pair(f1, g1, f2, g2)
 
     def infer_pairs(self, images: Tensor, edges: Sequence[tuple[int, int]], batch_size: int = 8,
                     cache_encoder: bool = True, dtype: torch.dtype | None = None,
@@ -270,15 +272,14 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
         pts_j, conf_i, conf_j = torch.empty_like(pts_i), torch.empty(E, H, W, device=device), \
             torch.empty(E, H, W, device=device)
         with inference(self, device.type, dtype):
-            x, turned = self._orient(images)
-            grid = patch_grid(x, self.patch_size)
-            tokens = torch.cat([self.encode(x[k: k + batch_size]) for k in range(0, n, batch_size)]) \
+            grid = patch_grid(images, self.patch_size)
+            tokens = torch.cat([self.encode(images[k: k + batch_size]) for k in range(0, n, batch_size)]) \
                 if cache_encoder else None
             for b0 in range(0, E, batch_size):
                 ii = torch.tensor([i for i, _ in edges[b0: b0 + batch_size]], device=device)
                 jj = torch.tensor([j for _, j in edges[b0: b0 + batch_size]], device=device)
                 if tokens is not None:
-                    out = self.predict_pair(tokens[ii], grid, turned, tokens[jj], grid, turned)
+                    out = self.predict_pair(tokens[ii], grid, tokens[jj], grid)
                 else:
                     out = self(images[ii], images[jj])
                 sl = slice(b0, b0 + len(ii))
@@ -288,11 +289,8 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
         return PairPredictions(edges, pts_i, pts_j, conf_i, conf_j)
 
     # ---------------------------------------------------------------------------------------- the network
-    def _orient(self, images: Tensor) -> tuple[Tensor, bool]:
-        return to_network_orientation(images, self.config.landscape_only)
-
     def encode(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [0, 1], in network orientation -> tokens (B, h*w, C_enc)."""
+        """images (B, 3, H, W) in [0, 1], in their real orientation -> tokens (B, h*w, C_enc)."""
         patch_grid(images, self.patch_size)
         tokens, _ = RoPEViTEncoder.forward(self, images * 2 - 1)
         return tokens
@@ -319,10 +317,7 @@ class PairwiseNet(RoPEViTEncoder, HubMixin):
                 out2.append(x2)
         return out1, out2
 
-    def predict_pair(self, f1: Tensor, grid1: tuple[int, int], turned1: bool, f2: Tensor, grid2: tuple[int, int],
-                     turned2: bool) -> PairOutput:
-        """Encoder tokens of both views -> decoders -> heads -> :class:`PairOutput` in the input orientation."""
+    def predict_pair(self, f1: Tensor, grid1: tuple[int, int], f2: Tensor, grid2: tuple[int, int]) -> PairOutput:
+        """Encoder tokens of both views -> decoders -> heads -> :class:`PairOutput`."""
         layers1, layers2 = self.decode(f1, grid1, f2, grid2)
-        pts1, conf1 = from_network_orientation(*self.downstream_head1(layers1, grid1), turned1)
-        pts2, conf2 = from_network_orientation(*self.downstream_head2(layers2, grid2), turned2)
-        return PairOutput(pts1, conf1, pts2, conf2)
+        return PairOutput(*self.downstream_head1(layers1, grid1), *self.downstream_head2(layers2, grid2))

@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"models"},  # one module per network
     {"recon", "nvs", "splat", "features"},  # pipelines from network outputs to results; 2D / 3D feature networks
     {"viewer"},  # the web viewer of any output or dataset (draws splats too)
+    {"pipeline"},  # photos -> poses -> splat -> evaluation -> orbit -> report, resumable (manyview run)
     {"train"},  # the trainer and one task per model
     {"cli"},  # thin commands
 ]

@@ -94,3 +94,21 @@ def test_train_condense_runs_and_writes_a_loadable_model(tmp_path):
     assert main(["train", "condense", "--preset", "tiny", "--train.steps", "2", "--out", str(out)]) == 0
     model = ConDense.from_pretrained(out / "final")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_synth_writes_the_sample_photos_of_run_as_files(tmp_path, capsys):
+    """``run --sample``'s step-by-step commands start from these files: they must be the photos it runs on."""
+    import numpy as np
+    from PIL import Image
+
+    from manyview.synth import sample_photos
+
+    out = tmp_path / "photos"
+    assert main(["synth", "--out", str(out), "--kind", "sample-photos"]) == 0
+    files = sorted((out / "images").iterdir())
+    views = sample_photos()[1]
+    assert len(files) == len(views) == 16
+    first = np.asarray(Image.open(files[0]), dtype=np.float32) / 255
+    expected = views.images[0].permute(1, 2, 0).numpy()
+    assert first.shape == expected.shape and np.abs(first - expected).max() <= 1 / 255 + 1e-6
+    assert main(["synth", "--out", str(tmp_path / "x"), "--kind", "sample-photos", "--views", "3"]) == 2

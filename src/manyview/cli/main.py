@@ -34,6 +34,7 @@ def _commands() -> dict[str, Any]:
     from manyview.cli.nvs import NVS
     from manyview.cli.reconstruct import Reconstruct
     from manyview.cli.render import Render
+    from manyview.cli.run import Run
     from manyview.cli.splat import Splat
     from manyview.cli.synth import Synth
     from manyview.cli.train import Train
@@ -46,10 +47,11 @@ def _commands() -> dict[str, Any]:
         "nvs": NVS,
         "train": Train,
         "eval": Eval,
-        "features": Features,
         "splat": Splat,
         "render": Render,
         "view": View,
+        "features": Features,
+        "run": Run,
     }
 
 

@@ -25,13 +25,16 @@ class _GlobalAlignment(GlobalAlignmentConfig):
 
 @dataclass
 class Reconstruct:
-    """Reconstruct cameras and a coloured point cloud from unposed images, with Fast3R (one forward pass) or the
-    pairwise DUSt3R-style baseline (all pairs + global alignment).
+    """Reconstruct cameras and a coloured point cloud from unposed images, with Fast3R (one forward pass), the
+    pairwise DUSt3R-style baseline (all pairs + global alignment), COLMAP's incremental SfM (--model colmap), or
+    Fast3R refined by bundle adjustment (--model fast3r --refine).
 
-    Writes OUT/: images/ (the images as the network saw them), sparse/0/ (COLMAP binary model), transforms.json,
-    points.ply, scene.glb (points and camera frusta), summary.json (views, times, memory, mean confidence, model,
-    weights) and manyview.json. The folder is built under a temporary name and renamed at the end: an interrupted
-    or failed run leaves no partial output. Cameras are in the first image's camera frame, at the network's scale.
+    Writes OUT/: images/ (the images as the network saw them; for colmap and --refine the photos undistorted),
+    sparse/0/ (COLMAP binary model, PINHOLE cameras), transforms.json, points.ply, scene.glb (points and camera
+    frusta), summary.json (views, times, model; for colmap and --refine also the photos not registered, the
+    camera model and its estimated parameters) and manyview.json. The folder is built under a temporary name and
+    renamed at the end: an interrupted or failed run leaves no partial output. Fast3R's cameras are in the first
+    image's camera frame, at the network's scale; COLMAP's in its own frame and scale.
     """
 
     images: tyro.conf.Positional[list[Path]] = field(default_factory=list)
@@ -44,8 +47,16 @@ class Reconstruct:
     sample: bool = False
     """Reconstruct the embedded sample scene (6 synthetic views of a quarter orbit) instead of IMAGES, and score
     the cameras against its exact ground truth (RRA / RTA / mAA in summary.json)."""
-    model: Literal["auto", "fast3r", "pairwise"] = "auto"
-    """Network type; 'auto' reads it from the checkpoint's config.json."""
+    model: Literal["auto", "fast3r", "pairwise", "colmap"] = "auto"
+    """Network type ('auto' reads it from the checkpoint's config.json), or colmap: incremental SfM (SIFT,
+    exhaustive matching, mapping) through pycolmap, no network."""
+    refine: bool = False
+    """Fast3R: refine its cameras by bundle adjustment on SIFT tracks of the full photos (pycolmap), then
+    undistort the photos."""
+    camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "RADIAL", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
+    """colmap and --refine: the lens model estimated; the photos are then undistorted to PINHOLE cameras."""
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive"
+    """colmap: match every pair of photos, or each with its neighbours in order (videos)."""
     max_views: int | None = None
     """Use at most this many evenly spaced images."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -61,7 +72,8 @@ class Reconstruct:
     max_points: int = 500_000
     """At most this many points in points.ply, scene.glb and the COLMAP model (a deterministic subsample)."""
     seed: int | None = None
-    """Fast3R: seed of the random image-index draw (default: indices in input order)."""
+    """Fast3R: seed of the random image-index draw (default: indices in input order); colmap and --refine: the
+    seed of COLMAP's RANSAC (default 0)."""
     graph: str = "complete"
     """Pairwise: pair graph (complete, swin-K, logwin-K, oneref-R)."""
     batch_size: int = 8
@@ -87,9 +99,9 @@ class Reconstruct:
 
     def run(self) -> None:
         from manyview.cli.common import image_files
-        from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder
-        from manyview.io.dataset import MARKER, write_dataset
-        from manyview.io.gltf import write_glb
+        from manyview.io.atomic import check_output_folder
+        from manyview.io.dataset import MARKER
+        from manyview.recon.posed_photos import write_reconstruction
         from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise, select_views
         from manyview.scene import Views
 
@@ -101,8 +113,11 @@ class Reconstruct:
             raise ManyviewError("give IMAGES or --sample, not both")
         check_output_folder(out, MARKER)
         files = [] if self.sample else image_files(self.images, "IMAGES")
+        if self.model == "colmap" or self.refine:
+            return self._run_posed_photos(files, t0)
         net, kind, weights = self._load_model()
         self._check_options_apply(kind)
+        self._check_colmap_only_options()
         truth = None
         if self.sample:
             truth = self._sample_views(self._size(net, kind))
@@ -129,7 +144,7 @@ class Reconstruct:
             "views": len(rec), "names": rec_names, "image_size": info["image_size"], "model": kind,
             "weights": weights, "parameters": info["parameters"], "device": info["device"], "dtype": info["dtype"],
             "time_s": info["timings_s"], "memory": info["peak_memory"], "mean_confidence": info["mean_confidence"],
-            "points_kept": info["num_points"], "points_written": len(points),
+            "points_kept": info["num_points"],
             "min_conf_percentile": self.min_conf_percentile,
         }
         for key in ("pnp_success", "focal_fallback", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
@@ -140,13 +155,8 @@ class Reconstruct:
 
             scores = pose_scores(rec.cameras, truth.cameras)
             summary["ground_truth"] = {k: round(scores[k], 2) for k in ("RRA@15", "RTA@15", "RRA@5", "RTA@5", "mAA@30")}
-        with atomic_directory(out) as tmp:
-            write_dataset(tmp, Views(images=rec.images, cameras=rec.cameras, names=rec_names), points=points)
-            write_glb(tmp / "scene.glb", points, rec.cameras)
-            summary["wall_time_s"] = round(time.perf_counter() - t0, 3)
-            with atomic_open(tmp / "summary.json", "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
-                fh.write("\n")
+        summary["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        write_reconstruction(out, Views(images=rec.images, cameras=rec.cameras, names=rec_names), points, summary)
         h, w = info["image_size"]
         print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind} in {summary['wall_time_s']:.1f} s "
               f"(mean confidence {info['mean_confidence']:.3g}, {len(points)} points); wrote {out}")
@@ -154,6 +164,80 @@ class Reconstruct:
             gt = summary["ground_truth"]
             print(f"cameras against the sample's ground truth: RRA@15 {gt['RRA@15']:.1f} %, RTA@15 {gt['RTA@15']:.1f} %, "
                   f"mAA@30 {gt['mAA@30']:.1f}")
+
+    def _run_posed_photos(self, files: list[Path], t0: float) -> None:
+        """colmap, or Fast3R + bundle adjustment: undistorted photos with PINHOLE cameras, photos left out named."""
+        from manyview.recon.posed_photos import colmap_poses, fast3r_refined_poses, write_reconstruction
+        from manyview.recon.reconstruct import select_views
+
+        self._check_posed_options()
+        truth = None
+        if self.sample:
+            from manyview.synth import sample_scene
+
+            truth = sample_scene()[1]
+            photos = truth = truth[select_views(len(truth), self.max_views)]
+        else:
+            photos = [files[i] for i in select_views(len(files), self.max_views)]
+        if self.model == "colmap":
+            posed = colmap_poses(photos, camera_model=self.camera_model, matcher=self.matcher, seed=self.seed or 0)
+            weights = None
+        else:
+            net, kind, weights = self._load_model()
+            if kind != "fast3r":
+                raise ManyviewError("--refine refines Fast3R's cameras; these weights are a pairwise model")
+            posed = fast3r_refined_poses(photos, net, size=self._size(net, kind), camera_model=self.camera_model,
+                                         device=self.device, dtype=self.dtype, seed=self.seed)
+        points = posed.points.subsample(self.max_points)
+        summary = {**posed.summary, "weights": weights}
+        if truth is not None:
+            from manyview.recon.evaluate import pose_scores
+
+            index = [list(truth.names).index(name) for name in posed.views.names]
+            scores = pose_scores(posed.views.cameras, truth.cameras[index])
+            summary["ground_truth"] = {k: round(scores[k], 2) for k in ("RRA@15", "RTA@15", "RRA@5", "RTA@5",
+                                                                        "mAA@30")}
+        summary["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        write_reconstruction(self.out, posed.views, points, summary)
+        what = "COLMAP" if self.model == "colmap" else "Fast3R + bundle adjustment"
+        h, w = summary["image_size"]
+        print(f"registered {summary['registered']} of {summary['photos']} photos with {what} ({self.camera_model}, "
+              f"{summary['mean_reprojection_error_px']:.2f} px mean reprojection error, {len(points)} points) in "
+              f"{summary['wall_time_s']:.1f} s; wrote {self.out} (undistorted, {w}x{h})")
+        if summary["unregistered"]:
+            print(f"not registered ({len(summary['unregistered'])}): {', '.join(summary['unregistered'])}")
+        if truth is not None:
+            gt = summary["ground_truth"]
+            print(f"cameras against the sample's ground truth: RRA@5 {gt['RRA@5']:.1f} %, RTA@5 {gt['RTA@5']:.1f} %, "
+                  f"mAA@30 {gt['mAA@30']:.1f}")
+
+    def _check_posed_options(self) -> None:
+        """Options that would silently do nothing with colmap or --refine: refused, naming the model."""
+        defaults = Reconstruct()
+        network = [("--graph", self.graph == defaults.graph), ("--batch-size", self.batch_size == defaults.batch_size),
+                   ("--ga-iterations / --ga.*", self.ga == defaults.ga),
+                   ("--min-conf-percentile", self.min_conf_percentile == defaults.min_conf_percentile)]
+        if self.model == "colmap":
+            network += [("--weights", self.weights is None), ("--size", self.size is None),
+                        ("--device", self.device == defaults.device), ("--dtype", self.dtype == defaults.dtype),
+                        ("--refine", not self.refine)]
+            what = "of the networks; --model colmap uses none"
+        else:
+            if self.model == "pairwise":
+                raise ManyviewError("--refine refines Fast3R's cameras; it does not apply to --model pairwise")
+            network.append(("--matcher", self.matcher == defaults.matcher))
+            what = "that --refine does not use (it matches every pair and triangulates its own points)"
+        unused = [option for option, same in network if not same]
+        if unused:
+            raise ManyviewError(f"{', '.join(unused)} {'is an option' if len(unused) == 1 else 'are options'} {what}")
+
+    def _check_colmap_only_options(self) -> None:
+        defaults = Reconstruct()
+        unused = [option for option, same in (("--camera-model", self.camera_model == defaults.camera_model),
+                                              ("--matcher", self.matcher == defaults.matcher)) if not same]
+        if unused:
+            raise ManyviewError(f"{', '.join(unused)} {'is an option' if len(unused) == 1 else 'are options'} of "
+                                "--model colmap (and --camera-model of --refine); this run uses a network alone")
 
     @staticmethod
     def _sample_views(size: int):

@@ -32,8 +32,9 @@ class Synth:
     out: Path = Path("out/sample")
     """Output folder (replaced when it holds an earlier manyview dataset; any other non-empty folder, or a file,
     is refused)."""
-    kind: Literal["sample", "object", "room"] = "sample"
-    """'sample': the embedded sample scene; 'object': cameras orbiting objects; 'room': a walk through a room."""
+    kind: Literal["sample", "sample-photos", "object", "room"] = "sample"
+    """'sample': the embedded sample scene; 'sample-photos': its object in the 16 photos of ``manyview run
+    --sample``; 'object': cameras orbiting objects; 'room': a walk through a room."""
     views: Annotated[int | None, _generated(DEFAULT_VIEWS)] = None
     """Number of views."""
     height: Annotated[int | None, _generated(DEFAULT_SIZE)] = None
@@ -51,7 +52,7 @@ class Synth:
         for option, value in (("--views", self.views), ("--height", self.height), ("--width", self.width)):
             if value is not None:
                 require(value >= 1, option, "at least 1", value)
-        if self.kind == "sample":
+        if self.kind in ("sample", "sample-photos"):
             given = [o for o, v in (("--views", self.views), ("--height", self.height), ("--width", self.width),
                                     ("--seed", self.seed)) if v is not None]
             if given:
@@ -72,6 +73,8 @@ class Synth:
         check_output_folder(self.out, MARKER)
         if self.kind == "sample":
             _, views = synth.sample_scene(supersample=self.supersample)
+        elif self.kind == "sample-photos":
+            _, views = synth.sample_photos(supersample=self.supersample)
         else:
             size = (self.height or DEFAULT_SIZE, self.width or DEFAULT_SIZE)
             _, views = synth.generate(DEFAULT_SEED if self.seed is None else self.seed, kind=self.kind,

@@ -13,9 +13,11 @@ from manyview.recon.global_alignment import (
     global_alignment,
 )
 from manyview.recon.pairs import make_pairs
+from manyview.recon.refine import RefineResult, refine_poses
 from manyview.recon.sfm import SfmResult, run_colmap_sfm
 
 __all__ = [
     "CameraEstimate", "GlobalAlignmentConfig", "GlobalAlignmentResult", "PointCloudOptimizer",
-    "SfmResult", "build_reconstruction", "estimate_cameras", "global_alignment", "make_pairs", "recover_cameras", "run_colmap_sfm",
+    "RefineResult", "SfmResult", "build_reconstruction", "estimate_cameras", "global_alignment", "make_pairs",
+    "recover_cameras", "refine_poses", "run_colmap_sfm",
 ]

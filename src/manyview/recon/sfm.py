@@ -15,20 +15,27 @@ Choices, and why:
   points) and ``num_models`` says how many there were. Views outside it count as unregistered.
 - Cameras are returned as pinhole intrinsics at the input images' full resolution (``max_image_size`` only
   limits the copies SIFT sees). With a distorted ``camera_model`` (SIMPLE_RADIAL, OPENCV, ...) the distortion is
-  estimated during mapping but not returned, as everywhere in manyview (see ``manyview.io.colmap``).
+  estimated during mapping and returned in COLMAP's own terms (``camera_params``); the pinhole ``cameras`` are
+  exact only for undistorted images, which ``undistorted_dir`` asks for (pycolmap's undistorter: images resampled
+  to PINHOLE cameras, cropped so that no blank pixels remain, and the model moved onto them).
+- Why few views registered is measured, not guessed: SIFT features per image and the image pairs whose matches
+  passed geometric verification are returned, and :func:`require_registered` turns them into one sentence.
 - Image files are oriented as stored unless they carry an EXIF orientation, in which case an upright copy is
   given to COLMAP, so that cameras match ``manyview.io.images`` (which applies EXIF orientation by default).
 - ``seed`` seeds COLMAP's RANSAC and mapper. Repeated runs with 2 threads gave identical results here, but
   COLMAP's multi-threaded stages do not promise it; use ``num_threads=1`` when exact repeats matter.
 
-With ``work_dir`` the COLMAP database (``database.db``), the kept model (``sparse/0``, absent when nothing
-registered) and, for tensor input, the images written for COLMAP (``images/``) are kept there, replacing those
-of an earlier run: the layout ``manyview.io.colmap`` reads back. Without it everything lives in a temporary
-folder that is removed at the end.
+With ``undistorted_dir`` the registered images, undistorted, and their PINHOLE model are written there
+(``images/``, ``sparse/0/``: a COLMAP dataset every reader of manyview takes), replacing an earlier one; nothing is
+written there when nothing registered. With ``work_dir`` the COLMAP database (``database.db``), the kept model
+(``sparse/0``, absent when nothing registered) and, for tensor input, the images written for COLMAP (``images/``)
+are kept there, replacing those of an earlier run: the layout ``manyview.io.colmap`` reads back. Without it
+everything lives in a temporary folder that is removed at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -54,6 +61,7 @@ from manyview.scene import Cameras, PointCloud, Views
 # Perspective models whose first parameters are the pinhole part; fisheye models cannot be returned as pinholes.
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 MATCHERS = ("exhaustive", "sequential")
+MIN_FEATURES = 100  # a median below this many SIFT features per image is "too little texture"
 _DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's prior focal length, times the longer image side, without EXIF
 
 
@@ -73,6 +81,11 @@ class SfmResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: features, matching, mapping
     camera_model: str = "SIMPLE_PINHOLE"
     work_dir: str | None = None  # where database.db and sparse/0 were kept, if asked
+    camera_params: list[list[float]] = field(default_factory=list)  # (N,) COLMAP's params of camera_model per view
+    features: Tensor | None = None  # (N,) int64 SIFT keypoints per view (0 where COLMAP could not read the file)
+    verified_pairs: int = 0  # image pairs whose matches passed geometric verification
+    undistorted_dir: str | None = None  # where the undistorted images and PINHOLE model were written, if asked
+    model_names: list[str] = field(default_factory=list)  # (N,) each view's name in the COLMAP model and database
 
     @property
     def num_registered(self) -> int:
@@ -87,10 +100,81 @@ class SfmResult:
         """(R,) the registered views' cameras, in input order."""
         return self.cameras[self.registered]
 
+    @property
+    def unregistered_names(self) -> list[str]:
+        return [name for name, ok in zip(self.names, self.registered.tolist()) if not ok]
+
+    def why_few_registered(self) -> str:
+        """What the measurements say about a poor registration: too little texture, too few matches, or views
+        that matched but did not join the kept model."""
+        n = len(self.names)
+        pairs = n * (n - 1) // 2
+        median = int(self.features.median()) if self.features is not None and len(self.features) else 0
+        if median < MIN_FEATURES:
+            return (f"too little texture: a median of {median} SIFT features per image (COLMAP needs a few hundred "
+                    "to match photos)")
+        if self.verified_pairs < max(1, n - 1):
+            return (f"too few matches: only {self.verified_pairs} of {pairs} image pairs share enough verified "
+                    f"feature matches (a median of {median} features per image); the photos may overlap too "
+                    "little or show the scene from too far apart")
+        if self.num_models > 1:
+            return (f"the photos fall into groups that do not match each other: COLMAP built {self.num_models} "
+                    "separate models and kept the largest; more photos between the groups would join them")
+        return (f"{self.verified_pairs} of {pairs} image pairs matched, but incremental mapping found no "
+                "well-conditioned start (too little parallax between the photos, or a flat scene)")
+
+
+@contextlib.contextmanager
+def colmap_log():
+    """COLMAP's log silenced but for fatal errors, restored afterwards: glog would otherwise leave log files in /tmp
+    and print every INFO line. Failures reach the caller through the results (unregistered views, the reasons
+    :meth:`SfmResult.why_few_registered` gives), so COLMAP's own error lines would only be a commentary that
+    breaks the one-line error a command prints. MANYVIEW_COLMAP_LOG=1 shows COLMAP's errors, =2 its INFO lines
+    too."""
+    import pycolmap
+
+    old = (pycolmap.logging.logtostderr, pycolmap.logging.minloglevel)
+    level = {"1": 2, "2": 0}.get(os.environ.get("MANYVIEW_COLMAP_LOG", ""), 3)
+    pycolmap.logging.logtostderr, pycolmap.logging.minloglevel = True, level
+    try:
+        yield
+    finally:
+        pycolmap.logging.logtostderr, pycolmap.logging.minloglevel = old
+
+
+def require_registered(result: SfmResult, minimum: int = 3, where=None) -> None:
+    """Raise one clear ManyviewError when fewer than ``minimum`` views registered, saying how many and why."""
+    if result.num_registered >= minimum:
+        return
+    raise ManyviewError(f"COLMAP registered {result.num_registered} of {len(result.names)} photos, fewer than the "
+                        f"{minimum} a reconstruction needs: {result.why_few_registered()}", where)
+
+
+def undistort_model(model_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
+                    num_threads: int = 2) -> Path:
+    """pycolmap's undistorter: the registered images of the model in ``model_dir`` (read from ``image_root``)
+    resampled to PINHOLE cameras, written with the model moved onto them as ``out_dir/images`` and
+    ``out_dir/sparse/0`` (built under a temporary name, replacing an earlier ``out_dir``)."""
+    import pycolmap
+
+    out_dir = Path(out_dir)
+    with colmap_log(), tempfile.TemporaryDirectory(prefix="manyview-undistort-") as tmp_name:
+        tmp = Path(tmp_name)
+        options = pycolmap.UndistortCameraOptions()  # defaults: crop to the valid region, no blank pixels
+        pycolmap.undistort_images(str(tmp), str(model_dir), str(image_root), output_type="COLMAP",
+                                  undistort_options=options, jpeg_quality=100, num_threads=num_threads)
+        with atomic_directory(out_dir) as dst:
+            shutil.move(str(tmp / "images"), str(dst / "images"))
+            (dst / "sparse").mkdir()
+            shutil.move(str(tmp / "sparse"), str(dst / "sparse" / "0"))
+    return out_dir
+
 
 # ------------------------------------------------------------------------------------------- input
 @dataclass(frozen=True)
-class _Input:
+class ColmapInput:
+    """Images laid out for COLMAP: a root folder and each view's name under it."""
+
     image_root: Path  # the folder COLMAP reads from
     image_names: list[str]  # relative to image_root, one per view, in view order
     names: list[str]  # what SfmResult reports
@@ -112,7 +196,7 @@ def _resolve_paths(images) -> list[Path]:
     return paths
 
 
-def _prepare_files(paths: list[Path], tmp: Path) -> _Input:
+def _prepare_files(paths: list[Path], tmp: Path) -> ColmapInput:
     """Validate the files and find a root folder from which COLMAP sees each of them under a unique name."""
     resolved = [p.resolve() for p in paths]
     seen: dict[Path, Path] = {}
@@ -151,10 +235,18 @@ def _prepare_files(paths: list[Path], tmp: Path) -> _Input:
                 except OSError:  # no symlinks (Windows without developer mode): copy
                     shutil.copyfile(r, dst)
         root = upright
-    return _Input(root, rel, names, sizes, written=False)
+    return ColmapInput(root, rel, names, sizes, written=False)
 
 
-def _prepare_views(views: Views, folder: Path) -> _Input:
+def prepare_input(images: Views | str | os.PathLike | Sequence[str | os.PathLike], tmp: Path) -> ColmapInput:
+    """``images`` (Views, a folder or image files) laid out for COLMAP inside the temporary folder ``tmp``: files
+    are checked and used in place (upright copies where EXIF says so), Views written as PNGs."""
+    if isinstance(images, Views):
+        return _prepare_views(images, tmp / "images")
+    return _prepare_files(_resolve_paths(images), tmp)
+
+
+def _prepare_views(views: Views, folder: Path) -> ColmapInput:
     folder.mkdir(parents=True, exist_ok=True)
     n = len(views)
     files = [f"{i:05d}.png" for i in range(n)]
@@ -162,11 +254,13 @@ def _prepare_views(views: Views, folder: Path) -> _Input:
     for i, name in enumerate(files):
         write_image(folder / name, images[i])  # 8-bit PNG: lossless for what SIFT sees
     names = list(views.names) if views.names else files
-    return _Input(folder, files, names, [(views.height, views.width)] * n, written=True)
+    return ColmapInput(folder, files, names, [(views.height, views.width)] * n, written=True)
 
 
 # ------------------------------------------------------------------------------------------- COLMAP
-def _options(pycolmap, num_threads: int, max_image_size: int, max_num_features: int, seed: int, camera_model: str):
+def colmap_options(pycolmap, num_threads: int, max_image_size: int, max_num_features: int, seed: int,
+                   camera_model: str):
+    """COLMAP's options for CPU extraction, matching, verification and mapping, seeded (also used by refine)."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     extraction = pycolmap.FeatureExtractionOptions()
@@ -205,13 +299,14 @@ def _camera_row(cam) -> list[float]:
     return [cam.focal_length_x, cam.focal_length_y, cam.principal_point_x, cam.principal_point_y]
 
 
-def _collect(rec, db_cameras: dict, db_images: dict, inp: _Input, dtype: torch.dtype):
+def _collect(rec, db_cameras: dict, db_images: dict, inp: ColmapInput, dtype: torch.dtype):
     """(cameras, registered, points, errors, track lengths) in view order from the kept model."""
     n = len(inp.image_names)
     fxfycxcy = np.zeros((n, 4))
     c2w = np.full((n, 4, 4), np.nan)
     sizes = np.zeros((n, 2), dtype=np.int64)
     registered = np.zeros(n, dtype=bool)
+    params: list[list[float]] = []
     for i, name in enumerate(inp.image_names):
         image = rec.find_image_with_name(name) if rec is not None else None
         db_image = db_images.get(name)
@@ -224,9 +319,11 @@ def _collect(rec, db_cameras: dict, db_images: dict, inp: _Input, dtype: torch.d
         if cam is not None:
             fxfycxcy[i] = _camera_row(cam)
             sizes[i] = (cam.height, cam.width)
+            params.append([float(v) for v in cam.params])
         else:  # COLMAP could not read this file: report its size and COLMAP's prior, unregistered
             fxfycxcy[i] = _prior_intrinsics(inp.sizes[i])
             sizes[i] = inp.sizes[i]
+            params.append([])
         if image is not None and has_pose(image):
             w2c = np.vstack([pose_matrix(image), [0.0, 0.0, 0.0, 1.0]])
             c2w[i] = np.linalg.inv(w2c)
@@ -238,10 +335,25 @@ def _collect(rec, db_cameras: dict, db_images: dict, inp: _Input, dtype: torch.d
     errors = np.array([p.error for p in pts], dtype=np.float64)
     tracks = np.array([p.track.length() for p in pts], dtype=np.int64)
     points = PointCloud(torch.tensor(xyz, dtype=dtype), torch.from_numpy(rgb))
-    return cameras, torch.from_numpy(registered), points, torch.tensor(errors, dtype=dtype), torch.from_numpy(tracks)
+    return (cameras, torch.from_numpy(registered), points, torch.tensor(errors, dtype=dtype), torch.from_numpy(tracks),
+            params)
 
 
-def _keep(work_dir: Path, db_path: Path, rec, inp: _Input) -> None:
+def _match_statistics(db_path: Path, db_images: dict, inp: ColmapInput) -> tuple[Tensor, int]:
+    """(SIFT keypoints per view, image pairs with verified matches) from the database."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        features = [db.num_keypoints_for_image(db_images[name].image_id) if name in db_images else 0
+                    for name in inp.image_names]
+        _, inliers = db.read_two_view_geometry_num_inliers()
+    finally:
+        db.close()
+    return torch.tensor(features, dtype=torch.int64), sum(1 for k in inliers if k > 0)
+
+
+def _keep(work_dir: Path, db_path: Path, rec, inp: ColmapInput) -> None:
     with atomic_path(work_dir / "database.db") as dst:
         shutil.copyfile(db_path, dst)
     if rec is not None:
@@ -259,6 +371,7 @@ def run_colmap_sfm(
     images: Views | str | os.PathLike | Sequence[str | os.PathLike],
     *,
     work_dir: str | os.PathLike | None = None,
+    undistorted_dir: str | os.PathLike | None = None,
     camera_model: str = "SIMPLE_PINHOLE",
     single_camera: bool = True,
     matcher: Literal["exhaustive", "sequential"] = "exhaustive",
@@ -277,9 +390,10 @@ def run_colmap_sfm(
     order (videos). ``max_image_size``: the longer side SIFT sees, in pixels (larger images are downscaled for
     extraction only). ``max_num_features``: SIFT features kept per image (COLMAP's default); CPU matching costs
     about its square per pair, and the number of pairs grows with N^2 for "exhaustive" (29 images of 854x480:
-    about 100 s of matching on 2 cores). ``progress``: a bar with the current stage; COLMAP's own log shows
-    errors only, and nothing with ``progress=False``. See the module docstring for how unregistered views and
-    failures are reported.
+    about 100 s of matching on 2 cores). ``progress``: a bar with the current stage; COLMAP's own log is silent
+    (:func:`colmap_log`). ``undistorted_dir``: write the registered images undistorted,
+    with PINHOLE cameras (see the module docstring), as every later stage wants them. See the module docstring for
+    how unregistered views and failures are reported.
     """
     import pycolmap
 
@@ -300,13 +414,9 @@ def run_colmap_sfm(
         where = images if isinstance(images, (str, os.PathLike)) else None
         raise ManyviewError(f"SfM needs at least 2 images, got {count}", where)
 
-    old_log = (pycolmap.logging.logtostderr, pycolmap.logging.minloglevel)
-    # glog would otherwise leave log files in /tmp and print every INFO line; failures reach the caller through
-    # the result (unregistered views, a warning for unreadable files), so COLMAP's errors are only a commentary.
-    pycolmap.logging.logtostderr, pycolmap.logging.minloglevel = True, (2 if progress else 3)
-    bar = progress_bar(total=3, desc="SfM: features", enabled=progress)
+    bar = progress_bar(total=3 + (undistorted_dir is not None), desc="SfM: features", enabled=progress)
     try:
-        with tempfile.TemporaryDirectory(prefix="manyview-sfm-") as tmp_name:
+        with colmap_log(), tempfile.TemporaryDirectory(prefix="manyview-sfm-") as tmp_name:
             tmp = Path(tmp_name)
             inp = _prepare_views(images, tmp / "images") if paths is None else _prepare_files(paths, tmp)
             odd = [i for i, size in enumerate(inp.sizes) if size != inp.sizes[0]]
@@ -315,7 +425,7 @@ def run_colmap_sfm(
                 raise ManyviewError(f"image is {w}x{h} but {inp.names[0]} is {w0}x{h0}: one shared camera needs "
                                     "equal sizes; pass single_camera=False", paths[odd[0]])
             db_path = tmp / "database.db"
-            reader, extraction, matching, verification, mapping = _options(
+            reader, extraction, matching, verification, mapping = colmap_options(
                 pycolmap, num_threads, max_image_size, max_num_features, seed, camera_model)
             pycolmap.set_random_seed(seed)
             timings = {}
@@ -366,16 +476,29 @@ def run_colmap_sfm(
             bar.update(1)
             rec, num_models = _largest(models)
 
-            cameras, registered, points, errors, tracks = _collect(rec, db_cameras, db_images, inp, dtype)
+            cameras, registered, points, errors, tracks, params = _collect(rec, db_cameras, db_images, inp, dtype)
+            features, verified_pairs = _match_statistics(db_path, db_images, inp)
             mean_error = (float(rec.compute_mean_reprojection_error())
                           if rec is not None and rec.num_reg_images() > 0 else float("nan"))
+            if undistorted_dir is not None and rec is not None and rec.num_reg_images() > 0:
+                bar.set_description("SfM: undistortion")
+                t = time.perf_counter()
+                model_dir = tmp / "kept_model"
+                model_dir.mkdir()
+                rec.write_binary(str(model_dir))
+                undistort_model(model_dir, inp.image_root, undistorted_dir, num_threads)
+                timings["undistortion"] = time.perf_counter() - t
+                bar.update(1)
             if work_dir is not None:
                 _keep(Path(work_dir), db_path, rec, inp)
     finally:
         bar.close()
-        pycolmap.logging.logtostderr, pycolmap.logging.minloglevel = old_log
 
     return SfmResult(cameras=cameras, registered=registered, points=points, point_errors=errors,
                      track_lengths=tracks, names=inp.names, mean_reprojection_error=mean_error,
                      num_models=num_models, wall_time=time.perf_counter() - start, timings=timings,
-                     camera_model=camera_model, work_dir=None if work_dir is None else str(work_dir))
+                     camera_model=camera_model, work_dir=None if work_dir is None else str(work_dir),
+                     camera_params=params, features=features, verified_pairs=verified_pairs,
+                     model_names=list(inp.image_names),
+                     undistorted_dir=(str(undistorted_dir) if undistorted_dir is not None and num_models > 0
+                                      and bool(registered.any()) else None))

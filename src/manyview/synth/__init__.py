@@ -8,12 +8,12 @@
 evaluation share.
 """
 
-from manyview.synth.generate import SAMPLE_SEED, generate, sample_scene
+from manyview.synth.generate import SAMPLE_SEED, generate, sample_photos, sample_scene
 from manyview.synth.render import render
 from manyview.synth.scene import Material, Primitive, Scene, SceneConfig, Sky, make_scene
 from manyview.synth.trajectories import orbit_cameras, sample_cameras, sample_intrinsics, walkthrough_cameras
 
 __all__ = [
     "SAMPLE_SEED", "Material", "Primitive", "Scene", "SceneConfig", "Sky", "generate", "make_scene",
-    "orbit_cameras", "render", "sample_cameras", "sample_intrinsics", "sample_scene", "walkthrough_cameras",
+    "orbit_cameras", "render", "sample_cameras", "sample_intrinsics", "sample_photos", "sample_scene", "walkthrough_cameras",
 ]

@@ -9,6 +9,9 @@ from manyview.synth.trajectories import sample_cameras
 
 SAMPLE_SEED = 1  # the embedded sample scene: an object scene whose six views all register with COLMAP
 SAMPLE_ARC_DEG = 90.0  # its views span a quarter orbit: ~15 degrees apart, easy for SIFT
+# The photos of ``manyview run --sample``: the same object seen from 16 views on a half orbit (12 degrees apart, so
+# COLMAP registers all of them), small enough for a splat to train in a couple of minutes on 2 cores.
+SAMPLE_PHOTOS_VIEWS, SAMPLE_PHOTOS_SIZE, SAMPLE_PHOTOS_ARC_DEG = 16, 192, 180.0
 
 
 def generate(
@@ -32,3 +35,11 @@ def sample_scene(num_views: int = 6, height: int = 256, width: int = 256, supers
     """
     return generate(SAMPLE_SEED, "object", num_views, height, width, supersample=supersample,
                     arc_deg=SAMPLE_ARC_DEG)
+
+
+def sample_photos(supersample: int = 2) -> tuple[Scene, Views]:
+    """The photos of ``manyview run --sample`` (and ``manyview synth --kind sample-photos``): the sample scene's
+    object from 16 views of 192 x 192 pixels on a half orbit, so that the held-out views see what training views
+    saw from both sides."""
+    return generate(SAMPLE_SEED, "object", SAMPLE_PHOTOS_VIEWS, SAMPLE_PHOTOS_SIZE, SAMPLE_PHOTOS_SIZE,
+                    supersample=supersample, arc_deg=SAMPLE_PHOTOS_ARC_DEG)

@@ -35,6 +35,23 @@ def property_names(sh_degree: int, normals: bool = True) -> list[str]:
             + [f"rot_{i}" for i in range(4)])
 
 
+def sh_degree_of(present: list[str], path: str) -> int:
+    """The SH degree of a vertex element with properties ``present`` (any order), or ManyviewError naming what is
+    missing or unexpected for a 3DGS PLY."""
+    n_rest = sum(1 for name in present if re.fullmatch(r"f_rest_\d+", name))
+    degree = next((d for d in range(MAX_DEGREE + 1) if 3 * (num_coefficients(d) - 1) == n_rest), None)
+    if degree is None:
+        raise ManyviewError(f"{n_rest} f_rest_* properties; a 3DGS PLY has 0, 9, 24 or 45 (SH degree 0..3)", path)
+    required = property_names(degree, normals=False)
+    missing = [name for name in required if name not in present]
+    unexpected = [name for name in present if name not in required and name not in _NORMALS]
+    if missing or unexpected:
+        parts = ([f"missing properties {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected properties {', '.join(unexpected)}"] if unexpected else [])
+        raise ManyviewError("; ".join(parts) + " for a 3DGS PLY", path)
+    return degree
+
+
 def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
     """Write binary little-endian 3DGS PLY (with zero normals), atomically."""
     from plyfile import PlyData, PlyElement
@@ -70,19 +87,8 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     if "vertex" not in ply:
         raise ManyviewError("no 'vertex' element, so this is not a 3DGS PLY", path)
     vertex = ply["vertex"]
-    present = [p.name for p in vertex.properties]
-
-    n_rest = sum(1 for name in present if re.fullmatch(r"f_rest_\d+", name))
-    degree = next((d for d in range(MAX_DEGREE + 1) if 3 * (num_coefficients(d) - 1) == n_rest), None)
-    if degree is None:
-        raise ManyviewError(f"{n_rest} f_rest_* properties; a 3DGS PLY has 0, 9, 24 or 45 (SH degree 0..3)", path)
+    degree = sh_degree_of([p.name for p in vertex.properties], path)
     required = property_names(degree, normals=False)
-    missing = [name for name in required if name not in present]
-    unexpected = [name for name in present if name not in required and name not in _NORMALS]
-    if missing or unexpected:
-        parts = ([f"missing properties {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected properties {', '.join(unexpected)}"] if unexpected else [])
-        raise ManyviewError("; ".join(parts) + " for a 3DGS PLY", path)
 
     data = vertex.data
     columns = {}

@@ -94,6 +94,53 @@ def look(page) -> tuple[bytes, dict[str, int]]:
     return png, colour_counts(png, hide)
 
 
+# The first frame as the page shows it, found inside the page: every 50 ms the viewer's WebGL canvas (viser keeps
+# its drawing buffer) is copied and its pixels counted with colour_counts' tests; a frame counts once the canvas and
+# everything above it are fully opaque (viser's client keeps the canvas at 5 % opacity while an environment map
+# loads, then fades it in). Unlike polling with screenshots (0.1-5 s each on software WebGL, and the first one waits
+# for the page), this times the frame to 50 ms and does not slow the page. Resolves to the frame's epoch time in
+# ms, or null after ``timeout`` ms.
+_FIRST_FRAME_JS = """
+([minimum, timeout]) => new Promise(resolve => {
+  const copy = document.createElement('canvas');
+  const ctx = copy.getContext('2d', {willReadFrequently: true});
+  const start = performance.now();
+  const check = () => {
+    const now = performance.timeOrigin + performance.now();
+    const canvases = [...document.querySelectorAll('canvas')];
+    if (canvases.length) {
+      const c = canvases.reduce((a, b) => a.width * a.height >= b.width * b.height ? a : b);
+      let opacity = 1;
+      for (let e = c; e; e = e.parentElement) opacity *= parseFloat(getComputedStyle(e).opacity);
+      if (c.width > 0 && c.height > 0 && opacity >= 0.99) {
+        copy.width = c.width; copy.height = c.height; ctx.drawImage(c, 0, 0);
+        const d = ctx.getImageData(0, 0, c.width, c.height).data;
+        let points = 0, splat = 0, frusta = 0;
+        for (let i = 0; i < d.length; i += 4) {
+          const r = d[i], g = d[i + 1], b = d[i + 2];
+          if (g > 150 && r < 100 && b < 100) points++;
+          if (r > 150 && b > 150 && g < 100) splat++;
+          if (r > 200 && g > 30 && g < 140 && b < 60) frusta++;
+        }
+        if (points >= minimum && splat >= minimum && frusta >= minimum) { resolve(now); return; }
+      }
+    }
+    if (performance.now() - start > timeout) { resolve(null); return; }
+    setTimeout(check, 50);
+  };
+  check();
+})
+"""
+
+
+def wait_first_frame(page, timeout: float = 30.0, minimum: int = 300) -> float | None:
+    """Epoch seconds (``time.time()``'s clock) of the first frame whose canvas shows the points, the splat and the
+    frusta, fully opaque; None when none did within ``timeout`` s. Confirm with :func:`look` (a screenshot also
+    sees what covers the canvas)."""
+    at = page.evaluate(_FIRST_FRAME_JS, [minimum, timeout * 1000.0])
+    return None if at is None else at / 1000.0
+
+
 def shows_scene(counts: dict[str, int], minimum: int = 300) -> bool:
     return all(counts[k] >= minimum for k in ("points", "splat", "frusta"))
 
@@ -118,29 +165,40 @@ def picture_difference(a: bytes, b: bytes) -> float:
 
 
 def first_frame(path: Path, out_png: Path | None = None, timeout: float = 30.0) -> dict:
-    """Start a viewer for ``path``, open it in headless Chromium and time the first screenshot that shows the
-    scene (points, splat and frusta in their colours). Times are seconds from the start of ``serve``."""
-    from playwright.sync_api import sync_playwright
-
+    """Start a viewer for ``path`` with ``serve``, open it in headless Chromium and time the first frame that shows
+    the scene (points, splat and frusta in their colours; :func:`wait_first_frame`, then a screenshot confirms).
+    Times are seconds from the start of ``serve``."""
     from manyview.viewer import serve
+
+    return time_page(lambda: serve(path, port=0), lambda h: h.url, lambda h: h.stop(), out_png, timeout,
+                     started_key="serve_s")
+
+
+def time_page(start, url_of, stop, out_png: Path | None = None, timeout: float = 30.0,
+              started_key: str = "started_s") -> dict:
+    """Time ``start()`` (returns a server handle), loading its page (``url_of(handle)``) in a browser that is
+    already up, and the first frame that shows the scene; ``stop(handle)`` afterwards. Seconds from ``start()``."""
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = launch(p)  # the user's browser is already open: its start is not the viewer's
         try:
             page = browser.new_page(viewport=VIEWPORT)
-            t0 = time.perf_counter()
-            handle = serve(path, port=0)
-            t_serve = time.perf_counter() - t0
+            t0 = time.time()
+            handle = start()
+            t_started = time.time() - t0
             try:
-                page.goto(handle.url)
-                t_load = time.perf_counter() - t0
-                png, counts = wait_for(page, shows_scene, timeout=timeout)
-                t_frame = time.perf_counter() - t0
+                page.goto(url_of(handle))
+                t_load = time.time() - t0
+                at = wait_first_frame(page, timeout)
+                png, counts = look(page)
+                t_shot = time.time() - t0
             finally:
-                handle.stop()
+                stop(handle)
         finally:
             browser.close()
     if out_png is not None:
         out_png.write_bytes(png)
-    return {"serve_s": round(t_serve, 3), "page_load_s": round(t_load, 3), "first_frame_s": round(t_frame, 3),
+    return {started_key: round(t_started, 3), "page_load_s": round(t_load, 3),
+            "first_frame_s": None if at is None else round(at - t0, 3), "screenshot_s": round(t_shot, 3),
             "shown": shows_scene(counts), "counts": counts}

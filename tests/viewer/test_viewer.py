@@ -22,7 +22,7 @@ from manyview.io.ply import write_ply as write_points
 from manyview.io.transforms_json import write_transforms_json
 from manyview.scene import Cameras, PointCloud, Views
 from manyview.splat import Gaussians, write_ply as write_splat
-from manyview.viewer import load_scene, serve, splat_layer
+from manyview.viewer import check_viewable, load_scene, serve, splat_layer, start
 from manyview.viewer.server import check_port_free, confidence_mask, frustum_pose, vertical_fov
 
 C0 = 0.28209479177387814  # the degree-0 SH constant
@@ -186,6 +186,25 @@ def test_a_path_with_nothing_viewable_is_one_clear_error(tmp_path, kind, message
     with pytest.raises(ManyviewError, match=message) as info:
         serve(path, port=0)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ManyviewError, match=message):  # the command's check before it serves a page agrees
+        check_viewable(path)
+
+
+def test_the_names_check_passes_what_there_is_to_view(tmp_path):
+    write_points(tmp_path / "cloud.ply", _cloud(20))
+    (tmp_path / "run").mkdir()
+    write_points(tmp_path / "run" / "points.ply", _cloud(20))
+    for path in (tmp_path / "cloud.ply", tmp_path / "run"):
+        assert check_viewable(path) == path
+
+
+def test_the_command_refuses_a_path_with_nothing_viewable_before_serving(tmp_path, capsys):
+    from manyview.cli.main import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / "empty"), "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "nothing to view" in err  # no URL of a page that would stay empty
 
 
 # ------------------------------------------------------------------------------------------------ the server
@@ -202,6 +221,42 @@ def test_serving_defaults_to_localhost_and_stop_frees_the_port(tmp_path):
     finally:
         handle.stop()
     check_port_free("127.0.0.1", handle.port)  # free again
+
+
+def test_the_viewer_turns_off_the_environment_map_and_lights(tmp_path, monkeypatch):
+    """Nothing drawn is lit; viser's client hides its canvas until the default environment map is prefiltered
+    (seconds on software WebGL), so the viewer turns both off for every page."""
+    from viser import _messages
+    from viser.infra import WebsockServer
+
+    sent = []
+    queue = WebsockServer.queue_message
+    monkeypatch.setattr(WebsockServer, "queue_message", lambda self, m: (sent.append(m), queue(self, m))[1])
+    handle = start(port=0)
+    try:
+        env = [m for m in sent if isinstance(m, _messages.EnvironmentMapMessage)]
+        lights = [m for m in sent if isinstance(m, _messages.EnableLightsMessage)]
+        assert env and env[-1].hdri_data is None
+        assert lights and not lights[-1].enabled and not lights[-1].cast_shadow
+    finally:
+        handle.stop()
+
+
+def test_start_serves_an_empty_page_and_show_draws_the_scene_once(tmp_path):
+    write_points(tmp_path / "cloud.ply", _cloud(20))
+    handle = start(port=0)
+    try:
+        assert handle.scene is None and "points" not in handle.layers
+        with urllib.request.urlopen(handle.url, timeout=10) as page:  # served before anything is loaded
+            assert page.status == 200
+        handle.show(tmp_path / "cloud.ply")
+        assert len(handle.scene.points) == 20 and len(handle.layers["points"].points) == 20
+        np.testing.assert_allclose(handle.server.initial_camera.look_at, np.median(_cloud(20).xyz.numpy(), 0),
+                                   atol=1e-5)
+        with pytest.raises(ManyviewError, match="already shows a scene"):
+            handle.show(tmp_path / "cloud.ply")
+    finally:
+        handle.stop()
 
 
 def test_the_view_command_defaults_to_localhost_and_viser_port():
@@ -276,8 +331,8 @@ def test_the_command_prints_the_url_and_ctrl_c_stops_it_quietly(tmp_path):
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
-        url = lines[1].split()[1]
-        assert url.startswith("http://127.0.0.1:") and lines[0].startswith("viewing ")
+        url = lines[0].split()[1]  # the page is served (and its URL printed) before the scene is read
+        assert url.startswith("http://127.0.0.1:") and lines[1].startswith("viewing ") and "point cloud" in lines[1]
         with urllib.request.urlopen(url, timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read(2000).lower()
         with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5):

@@ -43,7 +43,7 @@ def _wait_camera_at(client, position: np.ndarray, timeout: float = 10.0) -> bool
 def test_viewer_in_a_real_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from manyview.viewer import serve
+    from manyview.viewer import start
     from manyview.viewer.server import frustum_pose
 
     truth = bc.make_scene(tmp_path / "scene")
@@ -55,18 +55,24 @@ def test_viewer_in_a_real_browser(tmp_path):
             page.on("request", lambda request: urls.append(request.url))
             page.on("websocket", lambda ws: urls.append(ws.url))
 
-            # 1. Serving starts and the first frame shows the points, the splat and the frusta.
-            t0 = time.perf_counter()
-            handle = serve(tmp_path / "scene", port=0)
+            # 1. As `manyview view` does: the page is served and opened first, the scene drawn after it connected;
+            #    the first frame shows the points, the splat and the frusta, from the viewer's initial camera.
+            t0 = time.time()
+            handle = start(port=0)
             try:
                 assert handle.host == "127.0.0.1"
                 page.goto(handle.url)
-                first, counts = bc.wait_for(page, bc.shows_scene, timeout=30)
-                print(f"\nviewer: first frame {time.perf_counter() - t0:.2f} s after serve() started; "
+                client = _client(handle)
+                handle.show(tmp_path / "scene")
+                at = bc.wait_first_frame(page, timeout=30)  # found in the page; the screenshot must agree
+                first, counts = bc.wait_for(page, bc.shows_scene, timeout=10)
+                print(f"\nviewer: first frame {None if at is None else round(at - t0, 2)} s after start(); "
                       f"pixels {counts}")
+                assert at is not None, "the page's canvas never showed points, splat and frusta, fully opaque"
                 (tmp_path / "first_frame.png").write_bytes(first)
                 assert bc.shows_scene(counts), f"the page does not show points, splat and frusta: {counts}"
-                client = _client(handle)
+                assert _wait_camera_at(client, handle.server.initial_camera.position), \
+                    f"a page open before the scene was drawn keeps its camera at {client.camera.position}"
 
                 # 2. Each layer is what draws its colour: hiding layers from the panel removes their colours and
                 #    only theirs (cameras + points first, then the splat alone).

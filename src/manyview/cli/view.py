@@ -26,16 +26,19 @@ class View:
     """Address to listen on. The default serves this machine only; 0.0.0.0 serves every network it is on."""
 
     def run(self) -> None:
-        from manyview.viewer import serve
+        from manyview.viewer import check_viewable, start
 
-        handle = serve(self.path, host=self.host, port=self.port)
-        what = ", ".join(handle.scene.found)
-        print(f"viewing {self.path} ({what})", flush=True)
-        print(f"open {handle.url} in a browser; Ctrl-C stops the viewer", flush=True)
-        if self.host in ("0.0.0.0", "::"):
-            print("note: listening on every network interface; anyone who can reach this machine can view it",
-                  flush=True)
+        check_viewable(self.path)  # the plain bad-input errors before a page is served
+        # The page is served before the scene is read: a browser opened now loads viser's client (seconds with
+        # software WebGL) while the scene loads, and receives the scene as soon as it is drawn.
+        handle = start(self.host, self.port)
         try:
+            print(f"open {handle.url} in a browser; Ctrl-C stops the viewer", flush=True)
+            if self.host in ("0.0.0.0", "::"):
+                print("note: listening on every network interface; anyone who can reach this machine can view it",
+                      flush=True)
+            scene = handle.show(self.path)
+            print(f"viewing {self.path} ({', '.join(scene.found)})", flush=True)
             handle.wait()
         except KeyboardInterrupt:
             pass  # the way to stop a viewer: exit 0, quietly

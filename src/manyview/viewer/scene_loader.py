@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from manyview.errors import ManyviewError
-from manyview.scene import Cameras, PointCloud
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and the scene types are imported when a scene is read, not with the viewer
+    from manyview.scene import Cameras, PointCloud
     from manyview.splat import Gaussians
 
 SPLAT_NAME = "splat.ply"  # what ``manyview splat`` writes
@@ -76,6 +75,38 @@ def is_splat_ply(path: Path) -> bool:
     return _SPLAT_PROPERTIES <= ply_properties(path)
 
 
+def check_viewable(path: str | os.PathLike) -> Path:
+    """The error :func:`load_scene` gives for a path that plainly holds nothing viewable (missing, a file that is
+    neither PLY nor JSON, a folder without any of the files it reads), from names alone: nothing is read and
+    nothing heavy imported, so that ``manyview view`` can refuse before it serves a page. A path that passes may
+    still fail in :func:`load_scene` (a corrupt file)."""
+    p = Path(path)
+    if not p.exists():
+        raise ManyviewError("no such file or folder", p)
+    if p.is_file():
+        if p.suffix.lower() not in (".ply", ".json"):
+            raise _not_viewable_file(p)
+        return p
+    candidates = [p / SPLAT_NAME, p / POINTS_NAME] + [p / n for n in _TRANSFORMS_NAMES]
+    if any(c.is_file() for c in candidates) or (p / "sparse").is_dir() or (p / "colmap").is_dir() or any(
+            (p / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
+        return p
+    raise _nothing_in_folder(p)
+
+
+def _not_viewable_file(p: Path) -> ManyviewError:
+    return ManyviewError("nothing to view: expected a folder, a transforms.json, or a .ply (3DGS splat or point "
+                         "cloud)", p)
+
+
+def _nothing_in_folder(p: Path) -> ManyviewError:
+    if _any_images(p) or _any_images(p / "images"):
+        return ManyviewError("nothing to view: an image folder without camera poses; estimate them first with "
+                             "`manyview reconstruct` and view its output", p)
+    return ManyviewError(f"nothing to view: no cameras (COLMAP sparse/0, transforms.json), point cloud "
+                         f"({POINTS_NAME}) or Gaussian splat ({SPLAT_NAME}) here", p)
+
+
 def load_scene(path: str | os.PathLike, thumbnail_size: int = 256, max_points: int = 1_000_000) -> ViewerScene:
     """Read what there is to view at ``path``; a ``ManyviewError`` when it holds nothing viewable."""
     p = Path(path)
@@ -97,8 +128,7 @@ def _load_file(p: Path, thumbnail_size: int, max_points: int) -> ViewerScene:
         cameras, names, images = _transforms_cameras(p)
         thumbs = _thumbnails(images, thumbnail_size, cameras.image_size.tolist())
         return ViewerScene(p, cameras, names, thumbs, found=[f"cameras {p.name}"])
-    raise ManyviewError("nothing to view: expected a folder, a transforms.json, or a .ply (3DGS splat or point "
-                        "cloud)", p)
+    raise _not_viewable_file(p)
 
 
 def _load_folder(p: Path, thumbnail_size: int, max_points: int) -> ViewerScene:
@@ -131,11 +161,7 @@ def _load_folder(p: Path, thumbnail_size: int, max_points: int) -> ViewerScene:
         cameras, names, images = _transforms_cameras(transforms)
         found.append(f"cameras {transforms.name}")
     if cameras is None and gaussians is None and points is None:
-        if _any_images(p) or _any_images(p / "images"):
-            raise ManyviewError("nothing to view: an image folder without camera poses; estimate them first with "
-                                "`manyview reconstruct` and view its output", p)
-        raise ManyviewError(f"nothing to view: no cameras (COLMAP sparse/0, transforms.json), point cloud "
-                            f"({POINTS_NAME}) or Gaussian splat ({SPLAT_NAME}) here", p)
+        raise _nothing_in_folder(p)
     thumbs = _thumbnails(images, thumbnail_size, cameras.image_size.tolist()) if cameras is not None else []
     return ViewerScene(p, cameras, names, thumbs, points, gaussians, found)
 
@@ -165,6 +191,8 @@ def _read_points(path: Path, max_points: int) -> PointCloud:
 
 
 def _transforms_cameras(path: Path) -> tuple[Cameras, list[str], list[Path]]:
+    import torch
+
     from manyview.io.transforms_json import parse_transforms_json
 
     with warnings.catch_warnings():
@@ -177,6 +205,8 @@ def _thumbnails(paths: list[Path], size: int, sizes: list[list[int]] | None = No
     """Small uint8 copies of the images (long side ``size``, never enlarged beyond the camera's ``sizes`` (H, W)),
     stored orientation (the cameras describe the stored pixels); None for an image that is missing or unreadable
     (a splat run's transforms.json names the dataset's images)."""
+    import torch
+
     from manyview.io.images import ImageLoadPolicy, read_image
 
     out: list[np.ndarray | None] = []

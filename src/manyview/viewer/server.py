@@ -2,6 +2,9 @@
 
 Only viser's bundled client is served (it works offline); nothing here asks for a share URL or any other
 internet service. The server listens on 127.0.0.1 unless the caller names another host.
+
+Importing this module does not import torch: ``start()`` serves the page before anything is loaded, so that a
+browser loads viser's client while the scene is read (``ViewerHandle.show``); ``serve()`` does both.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from manyview.errors import ManyviewError
 from manyview.viewer.scene_loader import ViewerScene, load_scene
@@ -31,6 +33,8 @@ def splat_layer(gaussians) -> dict[str, np.ndarray]:
     """3DGS parameters -> what viser's splat layer takes: centres (P, 3), covariances (P, 3, 3) = R diag(s^2) R^T
     from the (w, x, y, z) quaternion and exp(log-scales), RGB (P, 3) from the SH DC term (0.5 + C0 * dc, clipped
     to [0, 1]; viser draws no view-dependent colour), opacities (P, 1) = sigmoid(logit)."""
+    import torch
+
     g = gaussians.detach().to("cpu", torch.float64)
     return {
         "centers": g.means.numpy().astype(np.float32),
@@ -43,6 +47,8 @@ def splat_layer(gaussians) -> dict[str, np.ndarray]:
 def frustum_pose(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(wxyz, position) of a camera-to-world pose. viser's frusta and client cameras use OpenCV axes too
     (x right, y down, z forward), so the rotation goes over unchanged."""
+    import torch
+
     from manyview.geometry.rotation import matrix_to_quaternion
 
     c2w = torch.as_tensor(c2w, dtype=torch.float64)
@@ -126,10 +132,11 @@ def check_port_free(host: str, port: int) -> None:
 
 @dataclass
 class ViewerHandle:
-    """A running viewer. ``stop()`` shuts it down; ``wait()`` blocks until it is stopped."""
+    """A running viewer. ``show()`` draws a scene (once); ``stop()`` shuts it down; ``wait()`` blocks until it is
+    stopped."""
 
     server: object  # viser.ViserServer
-    scene: ViewerScene
+    scene: ViewerScene | None  # None until show()
     host: str
     port: int
     controls: dict  # panel controls by name: splat, points, point_size, confidence, cameras (viser GUI handles)
@@ -141,6 +148,20 @@ class ViewerHandle:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def show(self, path: str | os.PathLike | ViewerScene, thumbnail_size: int = 256,
+             max_points: int = 1_000_000) -> ViewerScene:
+        """Read ``path`` (anything :func:`load_scene` reads) and draw it. Pages already open receive the whole
+        scene, its up direction and its initial camera in one batch, and their camera moves there as a new page's
+        does."""
+        if self.scene is not None:
+            raise ManyviewError("this viewer already shows a scene")
+        scene = path if isinstance(path, ViewerScene) else load_scene(path, thumbnail_size, max_points)
+        self.scene = scene
+        with self.server.atomic():
+            _populate(self)
+        self.server.flush()
+        return scene
 
     def jump_to_camera(self, client, index: int) -> None:
         """Move ``client``'s view onto camera ``index`` (what a click on its frustum does)."""
@@ -161,12 +182,24 @@ class ViewerHandle:
 
 def serve(path: str | os.PathLike | ViewerScene, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           thumbnail_size: int = 256, max_points: int = 1_000_000) -> ViewerHandle:
-    """Start a viewer for ``path`` (anything :func:`load_scene` reads) and return at once; the server runs in
-    background threads until ``handle.stop()``. ``port=0`` takes any free port (``handle.port`` says which)."""
+    """Start a viewer for ``path`` (anything :func:`load_scene` reads) and return once it is drawn; the server
+    runs in background threads until ``handle.stop()``. ``port=0`` takes any free port (``handle.port`` says
+    which)."""
+    handle = start(host, port)
+    try:
+        handle.show(path, thumbnail_size, max_points)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ViewerHandle:
+    """Serve an empty viewer on (host, port) and return at once; ``handle.show(path)`` draws the scene. The page
+    is served from the start, so a browser opened at ``handle.url`` loads viser's client while the scene is read."""
     if not 0 <= port <= 65535:
         raise ManyviewError(f"--port must be in 0..65535, got {port}")
-    check_port_free(host, port)  # before loading, which can take a while
-    scene = path if isinstance(path, ViewerScene) else load_scene(path, thumbnail_size, max_points)
+    check_port_free(host, port)
     import viser
 
     # A connection that closes before its HTTP request (a port probe, a browser's preconnect) makes websockets log
@@ -180,16 +213,25 @@ def serve(path: str | os.PathLike | ViewerScene, host: str = DEFAULT_HOST, port:
             server = viser.ViserServer(host=host, port=port, verbose=False)
     except OSError as e:
         raise ManyviewError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    handle = ViewerHandle(server, scene, host, server.get_port(), {}, {}, [], threading.Event())
+    handle = ViewerHandle(server, None, host, server.get_port(), {}, {}, [], threading.Event())
     try:
         if port != 0 and handle.port != port:  # another process took the port after the check; viser moved on
             raise ManyviewError(f"cannot listen on {host}:{port}: already in use; pick another with --port")
         server.gui.configure_theme(show_share_button=False)  # the share URL needs the internet
-        _populate(handle)
+        _unlit(server)
     except BaseException:
         handle.stop()
         raise
     return handle
+
+
+def _unlit(server) -> None:
+    """No environment map and no default lights: nothing the viewer draws is lit (points, splats, frustum lines
+    and photos use unlit materials), and viser's client keeps its canvas at 5 % opacity until the environment
+    map's HDR image has been decoded and prefiltered, then fades it in: 1-3 s before the first visible frame on
+    software WebGL (bench/viewer_first_frame.py)."""
+    server.scene.configure_environment_map(hdri=None)
+    server.scene.configure_default_lights(enabled=False, cast_shadow=False)
 
 
 def _populate(handle: ViewerHandle) -> None:

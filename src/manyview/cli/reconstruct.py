@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ class Reconstruct:
     camera model and its estimated parameters) and manyview.json. The folder is built under a temporary name and
     renamed at the end: an interrupted or failed run leaves no partial output. Fast3R's cameras are in the first
     image's camera frame, at the network's scale; COLMAP's in its own frame and scale.
+
+    Under ``torchrun --nproc-per-node K`` (gloo on CPU, NCCL on GPU, one GPU per process) Fast3R's forward pass is
+    split across the K processes by tensor parallelism (attention heads and MLPs of every transformer block, the
+    DPT heads by views; K must divide the fusion transformer's head count); the outputs equal the one-process
+    pass, and only rank 0 writes OUT. The pairwise model, colmap and --refine run in one process.
     """
 
     images: tyro.conf.Positional[list[Path]] = field(default_factory=list)
@@ -101,9 +107,7 @@ class Reconstruct:
         from manyview.cli.common import image_files
         from manyview.io.atomic import check_output_folder
         from manyview.io.dataset import MARKER
-        from manyview.recon.posed_photos import write_reconstruction
         from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise, select_views
-        from manyview.scene import Views
 
         t0 = time.perf_counter()
         out = Path(self.out)
@@ -113,11 +117,18 @@ class Reconstruct:
             raise ManyviewError("give IMAGES or --sample, not both")
         check_output_folder(out, MARKER)
         files = [] if self.sample else image_files(self.images, "IMAGES")
+        processes = launcher_world_size()
+        if processes > 1 and (self.model == "colmap" or self.refine):
+            raise ManyviewError(f"WORLD_SIZE={processes}: only Fast3R's network pass splits across processes; "
+                                f"run {'--model colmap' if self.model == 'colmap' else '--refine'} in one process")
         if self.model == "colmap" or self.refine:
             return self._run_posed_photos(files, t0)
         net, kind, weights = self._load_model()
         self._check_options_apply(kind)
         self._check_colmap_only_options()
+        if processes > 1 and kind != "fast3r":
+            raise ManyviewError(f"WORLD_SIZE={processes}: only Fast3R's network pass splits across processes; run "
+                                "the pairwise model in one process")
         truth = None
         if self.sample:
             truth = self._sample_views(self._size(net, kind))
@@ -129,6 +140,8 @@ class Reconstruct:
             _check_image_sizes(files, net.patch_size)
             # Every image is decoded before anything runs: a corrupt file fails here, naming it, nothing written.
             images, names = load_inputs(files, size=self._size(net, kind), patch_size=net.patch_size)
+        if kind == "fast3r" and processes > 1:
+            return self._run_tensor_parallel(net, images, names, truth, weights, t0)
         if kind == "fast3r":
             rec = reconstruct(images, net, device=self.device, dtype=self.dtype, image_index_seed=self.seed,
                               min_conf_percentile=self.min_conf_percentile)
@@ -137,6 +150,33 @@ class Reconstruct:
                                        ga=self.ga,
                                        batch_size=self.batch_size, device=self.device, dtype=self.dtype,
                                        min_conf_percentile=self.min_conf_percentile)
+        self._write(rec, names, truth, kind, weights, t0)
+
+    def _run_tensor_parallel(self, net, images, names, truth, weights, t0: float) -> None:
+        """Fast3R's pass split across the processes torchrun started: every rank runs it (the collectives need
+        them all), rank 0 alone writes OUT."""
+        from manyview.models.fast3r_parallel import fast3r_mesh, parallelize_fast3r
+        from manyview.recon.reconstruct import reconstruct
+        from manyview.train.config import ParallelConfig
+        from manyview.train.distributed import setup, teardown
+
+        # the trainer's seam: reads torchrun's environment, picks cuda:LOCAL_RANK or the CPU, joins the group
+        env = setup(ParallelConfig(mode="ddp"), self.device)
+        try:
+            net.to(env.device)
+            plan = parallelize_fast3r(net, fast3r_mesh(env.device.type))
+            rec = reconstruct(images, net, device=env.device, dtype=self.dtype, image_index_seed=self.seed,
+                              min_conf_percentile=self.min_conf_percentile, progress=env.is_main)
+            if env.is_main:
+                self._write(rec, names, truth, "fast3r", weights, t0, tensor_parallel=plan.as_dict())
+        finally:
+            teardown(env)
+
+    def _write(self, rec, names, truth, kind: str, weights, t0: float, tensor_parallel: dict | None = None) -> None:
+        from manyview.recon.posed_photos import write_reconstruction
+        from manyview.scene import Views
+
+        out = Path(self.out)
         rec_names = names
         points = rec.points.subsample(self.max_points)
         info = rec.info
@@ -150,6 +190,8 @@ class Reconstruct:
         for key in ("pnp_success", "focal_fallback", "image_ids", "graph", "num_pairs", "ga_iterations", "final_loss"):
             if key in info:
                 summary[key] = info[key]
+        if tensor_parallel is not None:  # memory and times above are rank 0's
+            summary["tensor_parallel"] = tensor_parallel
         if truth is not None:
             from manyview.recon.evaluate import pose_scores
 
@@ -158,7 +200,8 @@ class Reconstruct:
         summary["wall_time_s"] = round(time.perf_counter() - t0, 3)
         write_reconstruction(out, Views(images=rec.images, cameras=rec.cameras, names=rec_names), points, summary)
         h, w = info["image_size"]
-        print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind} in {summary['wall_time_s']:.1f} s "
+        split = f" on {tensor_parallel['world_size']} processes" if tensor_parallel else ""
+        print(f"reconstructed {len(rec)} views ({h}x{w}) with {kind}{split} in {summary['wall_time_s']:.1f} s "
               f"(mean confidence {info['mean_confidence']:.3g}, {len(points)} points); wrote {out}")
         if truth is not None:
             gt = summary["ground_truth"]
@@ -295,6 +338,15 @@ class Reconstruct:
             kind = "fast3r" if "encoder_args" in checkpoint.config else "pairwise"
         cls = Fast3R if kind == "fast3r" else PairwiseNet
         return cls.from_checkpoint(checkpoint), kind, str(self.weights)
+
+
+def launcher_world_size() -> int:
+    """How many processes the launcher (torchrun) started: ``WORLD_SIZE``, 1 without one."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ManyviewError(f"environment variable WORLD_SIZE={value!r} is not an integer") from None
 
 
 def _check_image_sizes(files: list[Path], min_side: int) -> None:

@@ -27,35 +27,37 @@ _DESCRIPTIONS = {
 }
 
 
-def _commands() -> dict[str, Any]:
-    from manyview.cli.eval import Eval
-    from manyview.cli.features import Features
-    from manyview.cli.info import Info
-    from manyview.cli.nvs import NVS
-    from manyview.cli.reconstruct import Reconstruct
-    from manyview.cli.render import Render
-    from manyview.cli.run import Run
-    from manyview.cli.splat import Splat
-    from manyview.cli.synth import Synth
-    from manyview.cli.train import Train
-    from manyview.cli.view import View
+_COMMANDS = {  # name -> (module, class); a command's module is imported only when it runs (or for --help)
+    "synth": ("manyview.cli.synth", "Synth"),
+    "info": ("manyview.cli.info", "Info"),
+    "reconstruct": ("manyview.cli.reconstruct", "Reconstruct"),
+    "nvs": ("manyview.cli.nvs", "NVS"),
+    "train": ("manyview.cli.train", "Train"),
+    "eval": ("manyview.cli.eval", "Eval"),
+    "splat": ("manyview.cli.splat", "Splat"),
+    "render": ("manyview.cli.render", "Render"),
+    "view": ("manyview.cli.view", "View"),
+    "features": ("manyview.cli.features", "Features"),
+    "run": ("manyview.cli.run", "Run"),
+    "index": ("manyview.cli.index", "Index"),
+    "query": ("manyview.cli.query", "Query"),
+}
 
-    return {
-        "synth": Synth,
-        "info": Info,
-        "reconstruct": Reconstruct,
-        "nvs": NVS,
-        "train": Train,
-        "eval": Eval,
-        "splat": Splat,
-        "render": Render,
-        "view": View,
-        "features": Features,
-        "run": Run,
-    }
+
+def _commands(names=None) -> dict[str, Any]:
+    import importlib
+
+    return {name: getattr(importlib.import_module(module), cls)
+            for name, (module, cls) in _COMMANDS.items() if names is None or name in names}
 
 
 def _parse(args: list[str]):
+    # A named command is parsed alone: importing every command's module (torch, scipy, OpenCV, ...) costs seconds.
+    # Without one (``manyview``, ``manyview --help``, a typo) all of them are offered.
+    name = args[0] if args and args[0] in _COMMANDS else None
+    if name is not None:
+        return tyro.cli(_commands({name})[name], args=args[1:], prog=f"manyview {name}",
+                        description=_DESCRIPTIONS.get(name))
     commands = _commands()
     choices = tuple(Annotated[Any, tyro.conf.subcommand(name=name, constructor=command,
                                                         description=_DESCRIPTIONS.get(name))]

@@ -68,6 +68,13 @@ def test_held_out_scores_are_those_of_the_written_render_and_photo(finished):
     measured = float(psnr(load(row["render"]), load(row["photo"]))[0])
     assert abs(measured - row["psnr"]) < 0.1  # 8-bit PNGs of the compared float images
     assert metrics["psnr"] == row["psnr"] and len(metrics["train"]) == 5
+    # with the render's colour transform fitted to the photo (identity is one candidate) it can only come closer
+    from manyview.splat.appearance import exposure_fitted
+
+    fitted = exposure_fitted(load(row["render"]), load(row["photo"]))
+    # (refitted on the 8-bit PNGs: the fit of a low-contrast 24-step render magnifies their rounding a little)
+    assert abs(float(psnr(fitted, load(row["photo"]))[0]) - row["psnr_exposure_fitted"]) < 0.5
+    assert row["psnr_exposure_fitted"] >= row["psnr"] - 1e-6 and metrics["psnr_exposure_fitted"] is not None
 
 
 def test_the_report_is_one_self_contained_page(finished):
@@ -192,3 +199,13 @@ def test_the_splat_steps_default_to_those_of_the_photos():
     assert RunConfig().resolved(sample=True).iterations == SAMPLE_ITERATIONS < DEFAULT_ITERATIONS
     assert RunConfig(iterations=24).resolved(sample=True).iterations == 24  # what the user says wins
     assert PipelineRun([], "unused").config.iterations == DEFAULT_ITERATIONS
+
+
+def test_the_photo_options_reach_the_splat_trainer():
+    """--exposure and --far-points are the trainer's; a far shell also turns on pruning relative to distance."""
+    from manyview.pipeline.stages import _training_config
+
+    plain = _training_config(RunConfig(iterations=10))
+    assert not plain.exposure and plain.far_points == 0 and not plain.densify.prune_scale_by_distance
+    photo = _training_config(RunConfig(iterations=10, exposure=True, far_points=500))
+    assert photo.exposure and photo.far_points == 500 and photo.densify.prune_scale_by_distance

@@ -2,6 +2,7 @@
 
     manyview splat scene/ --out runs/scene_splat --iterations 7000
     manyview splat scene/ --out runs/scene_splat --iterations 30000 --resume
+    manyview splat photos_posed/ --out runs/photos --exposure     # photos of differing exposure
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ class Splat:
     """Train a Gaussian splat on DATASET: a COLMAP model with images, a transforms.json dataset, a manyview dataset
     (``manyview synth``) or a reconstruction folder. Every 8th view (i % 8 == 0) is held out for evaluation.
 
-    Writes OUT/splat.ply (3DGS PLY), OUT/eval.json (held-out PSNR/SSIM/LPIPS), OUT/transforms.json (the cameras,
-    for ``manyview render --orbit``) and OUT/checkpoints/ (the latest checkpoint; --resume continues from it).
-    OUT must be new, empty or an earlier run's. Ctrl-C keeps the checkpoints written so far.
+    Writes OUT/splat.ply (3DGS PLY), OUT/eval.json (held-out PSNR/SSIM/LPIPS, and PSNR/SSIM with each held-out
+    render's colour transform fitted to its photo), OUT/transforms.json (the cameras, for ``manyview render
+    --orbit``), OUT/views.json (per photo: the learned colour transform and refined camera, with --exposure /
+    --pose-refine) and OUT/checkpoints/ (the latest checkpoint; --resume continues from it). OUT must be new,
+    empty or an earlier run's. Ctrl-C keeps the checkpoints written so far.
+
+    For photos: --exposure learns a colour transform per training photo (held-out photos are rendered without
+    one), --pose-refine corrects the training cameras, --far-points N adds a shell of points for distant
+    background (with --densify.prune-scale-by-distance, so that it is not pruned for its world size).
     """
 
     dataset: tyro.conf.Positional[Path]
@@ -61,5 +68,7 @@ class Splat:
             print(f"resumed from the checkpoint at step {trainer.resumed_from}")
         scores = ", ".join(f"{k.upper()} {result[k]:.4f}" for k in ("psnr", "ssim", "lpips")
                            if result.get(k) is not None)
+        if result.get("psnr_exposure_fitted") is not None:
+            scores += f" (PSNR {result['psnr_exposure_fitted']:.4f} with exposure fitted to each held-out photo)"
         print(f"wrote {self.out / 'splat.ply'} ({result['gaussians']} Gaussians, {result['step']} steps, "
               f"{result['train_seconds']:.0f} s){'; held-out ' + scores if scores else ''}")

@@ -41,6 +41,12 @@ class RunConfig:
     """Where Fast3R runs."""
     backend: str = "auto"
     """Splat rasterizer (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
+    exposure: bool = False
+    """Learn a colour transform per training photo (for photos whose exposure or white balance differ); held-out
+    photos are rendered without one."""
+    far_points: int = 0
+    """Initial Gaussians on a far shell round the cameras, coloured from the photos, for sky and distant background
+    that SfM leaves without points (their size is then pruned relative to their distance); 0 adds none."""
     checkpoint_every: int = 500
     """Splat steps between checkpoints (what --resume continues from)."""
     max_points: int = 500_000
@@ -56,6 +62,7 @@ class RunConfig:
         require(self.fps >= 1, "fps", "at least 1", self.fps)
         require(self.checkpoint_every >= 1, "checkpoint_every", "at least 1", self.checkpoint_every)
         require(self.max_points >= 1, "max_points", "at least 1", self.max_points)
+        require(self.far_points >= 0, "far_points", "at least 0", self.far_points)
         from manyview.splat.render import backend_names
 
         require(self.backend in backend_names(), "backend", f"one of {', '.join(backend_names())}", self.backend)

@@ -178,6 +178,7 @@ def write_report(run_dir: Path, photos: PhotosLike, record: dict, commands: list
                       f"{metrics['image_size'][0]}"),
             ("held-out PSNR / SSIM", f"{_fmt(metrics['psnr'])} dB / {_fmt(metrics['ssim'], 3)} over "
                                      f"{len(metrics['held_out'])} photos (every {metrics['test_every']}th)"),
+            ("held-out PSNR, exposure fitted", f"{_fmt(metrics.get('psnr_exposure_fitted'))} dB"),
             ("training-view PSNR / SSIM", f"{_fmt(metrics['train_psnr'])} dB / {_fmt(metrics['train_ssim'], 3)} over "
                                           f"{len(metrics['train'])} photos")]
     body += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]

@@ -73,10 +73,14 @@ def poses(photos: PhotosLike, out: Path, config: RunConfig, progress: bool) -> d
 
 
 def _training_config(config: RunConfig):
+    from manyview.splat.strategy import DensifyStrategy
     from manyview.splat.trainer import SplatTrainConfig
 
+    # a far shell needs pruning by size relative to distance, or its Gaussians go at the first opacity reset
+    densify = DensifyStrategy(prune_scale_by_distance=config.far_points > 0)
     return SplatTrainConfig(iterations=config.iterations, test_every=config.test_every, seed=config.seed,
-                            backend=config.backend, checkpoint_every=config.checkpoint_every, scale_schedule=True)
+                            backend=config.backend, checkpoint_every=config.checkpoint_every, scale_schedule=True,
+                            exposure=config.exposure, far_points=config.far_points, densify=densify)
 
 
 def splat(run_dir: Path, config: RunConfig, progress: bool, log: Log) -> dict:
@@ -113,6 +117,7 @@ def evaluate(run_dir: Path, config: RunConfig, progress: bool) -> dict:
     from manyview.metrics.image import psnr, ssim
     from manyview.progress import progress as progress_bar
     from manyview.splat import read_ply, render
+    from manyview.splat.appearance import exposure_fitted
     from manyview.splat.data import load_training_views
     from manyview.splat.trainer import split_views
 
@@ -127,22 +132,23 @@ def evaluate(run_dir: Path, config: RunConfig, progress: bool) -> dict:
     def score(i: int):
         pred = render(gaussians, views.cameras[i:i + 1], background=background, backend=config.backend).rgb
         pred = pred.clamp(0, 1)
-        gt = views.images[i:i + 1]
-        return pred[0], float(psnr(pred, gt)[0]), float(ssim(pred, gt)[0])
+        gt = views.images[i:i + 1].to(pred)
+        fitted = exposure_fitted(pred, gt)  # the render with its affine colour transform fitted to the photo
+        return pred[0], float(psnr(pred, gt)[0]), float(ssim(pred, gt)[0]), float(psnr(fitted, gt)[0])
 
     held_out, train = [], []
     bar = progress_bar(total=len(test_ids) + len(scored_train), desc="evaluate", enabled=progress)
     with atomic_directory(run_dir / "evaluate") as tmp:
         for i in test_ids:
-            pred, p, s = score(i)
+            pred, p, s, pf = score(i)
             stem = Path(views.names[i]).stem
             write_image(tmp / f"{stem}_render.png", pred)
             write_image(tmp / f"{stem}_photo.png", views.images[i])
-            held_out.append({"name": views.names[i], "index": i, "psnr": p, "ssim": s,
+            held_out.append({"name": views.names[i], "index": i, "psnr": p, "ssim": s, "psnr_exposure_fitted": pf,
                              "render": f"{stem}_render.png", "photo": f"{stem}_photo.png"})
             bar.update(1)
         for i in scored_train:
-            _, p, s = score(i)
+            _, p, s, _ = score(i)
             train.append({"name": views.names[i], "index": i, "psnr": p, "ssim": s})
             bar.update(1)
         bar.close()
@@ -152,10 +158,13 @@ def evaluate(run_dir: Path, config: RunConfig, progress: bool) -> dict:
         metrics = {"held_out": held_out, "train": train, "psnr": mean(held_out, "psnr"),
                    "ssim": mean(held_out, "ssim"), "train_psnr": mean(train, "psnr"), "train_ssim": mean(train, "ssim"),
                    "test_every": config.test_every, "image_size": [views.height, views.width],
-                   "exposure": "none fitted: the held-out photos are compared with the renders as they are"}
+                   "psnr_exposure_fitted": mean(held_out, "psnr_exposure_fitted"),
+                   "exposure": "the held-out PSNR compares each render, as it is, with its photo; with exposure "
+                               "fitted, each render's affine colour transform (12 numbers) is first fitted to its "
+                               "photo by least squares"}
         with atomic_open(tmp / "metrics.json", "w", encoding="utf-8") as fh:
             json.dump(metrics, fh, indent=1)
-        info = {k: metrics[k] for k in ("psnr", "ssim", "train_psnr", "train_ssim")}
+        info = {k: metrics[k] for k in ("psnr", "ssim", "train_psnr", "train_ssim", "psnr_exposure_fitted")}
         info["held_out"] = len(held_out)
         write_marker(tmp, "evaluate", time.perf_counter() - t0, info)
     return info

@@ -38,6 +38,9 @@ class DensifyStrategy:
     refine_stop_iter: int = 15_000
     refine_every: int = 100
     reset_every: int = 3000  # opacity reset to 2 x prune_opa (3DGS: 0.01)
+    # 3DGS prunes by world size alone, which removes every Gaussian of a distant background; a Gaussian d x scene
+    # scale from the centre covers as much of a photo as a near one d times smaller
+    prune_scale_by_distance: bool = False  # prune limit x max(1, distance from the scene centre / scene scale)
 
     def scaled(self, factor: float) -> DensifyStrategy:
         """The schedule stretched by ``factor`` (gsplat's ``steps_scaler``): refine start / stop and the reset
@@ -56,14 +59,15 @@ class DensifyStrategy:
 
     @torch.no_grad()
     def step_post_backward(self, params: Params, optimizers: Optimizers, state: dict[str, Tensor], step: int,
-                           out: RenderOutput, scene_scale: float = 1.0, generator: torch.Generator | None = None
-                           ) -> dict[str, int]:
-        """Accumulate statistics and, on schedule, densify / prune / reset. Returns what changed."""
+                           out: RenderOutput, scene_scale: float = 1.0, generator: torch.Generator | None = None,
+                           scene_center: Tensor | None = None) -> dict[str, int]:
+        """Accumulate statistics and, on schedule, densify / prune / reset. Returns what changed.
+        ``scene_center`` (3,) is where ``prune_scale_by_distance`` measures distances from (default the origin)."""
         report = {"cloned": 0, "split": 0, "pruned": 0, "reset": 0}
         if step < self.refine_stop_iter:
             self._accumulate(state, out)
         if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
-            report.update(self._refine(params, optimizers, state, step, scene_scale, generator))
+            report.update(self._refine(params, optimizers, state, step, scene_scale, generator, scene_center))
         # as in 3DGS and gsplat, opacity resets belong to the densification phase: a reset after it would leave the
         # run too few steps to recover (a 30k run would otherwise reset at 27k)
         if step % self.reset_every == 0 and 0 < step < self.refine_stop_iter:
@@ -86,7 +90,7 @@ class DensifyStrategy:
         state["count"] += visible.sum(0).to(state["count"])
 
     def _refine(self, params: Params, optimizers: Optimizers, state: dict[str, Tensor], step: int,
-                scene_scale: float, generator) -> dict[str, int]:
+                scene_scale: float, generator, scene_center: Tensor | None = None) -> dict[str, int]:
         avg = state["grad2d"] / state["count"].clamp_min(1)
         high = avg > self.grow_grad2d
         small = params["log_scales"].exp().amax(-1) <= self.grow_scale3d * scene_scale
@@ -116,7 +120,12 @@ class DensifyStrategy:
 
         prune = torch.sigmoid(params["opacity_logits"]) < self.prune_opa
         if step > self.reset_every:
-            prune |= params["log_scales"].exp().amax(-1) > self.prune_scale3d * scene_scale
+            limit = torch.full_like(params["log_scales"][:, 0], self.prune_scale3d * scene_scale)
+            if self.prune_scale_by_distance:
+                center = torch.zeros(3) if scene_center is None else scene_center
+                distance = (params["means"] - center.to(params["means"])).norm(dim=-1)
+                limit = limit * (distance / scene_scale).clamp_min(1.0)
+            prune |= params["log_scales"].exp().amax(-1) > limit
         survivors = ~prune
         _edit(params, optimizers, {name: (lambda p: p[survivors]) for name in params},
               state_fn=lambda v: v[survivors])

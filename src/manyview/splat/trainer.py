@@ -6,11 +6,18 @@ differentiable), Adam per parameter with 3DGS's learning rates (means: ``1.6e-4 
 exponentially to ``1.6e-6 x extent``), SH degree raised by one every 1000 steps, densification by
 :class:`~manyview.splat.strategy.DensifyStrategy`. Views with ``i % 8 == 0`` are held out (Mip-NeRF 360 / 3DGS).
 
+Optional, for photos: ``exposure`` learns an affine colour transform per training photo
+(:mod:`manyview.splat.appearance`); ``pose_refine`` learns an se(3) correction per training camera
+(:mod:`manyview.splat.pose_refine`). Held-out views are rendered with neither (identity colour, the cameras as
+given); the evaluation also reports PSNR / SSIM with each held-out photo's colour transform fitted to it.
+
 Output folder::
 
     splat.ply                 the final Gaussians (3DGS PLY, written atomically at the end)
     transforms.json           the cameras trained on (nerfstudio layout; image paths are the dataset's names)
-    eval.json                 held-out PSNR / SSIM / LPIPS per view and mean, PSNR history, timings
+    eval.json                 held-out PSNR / SSIM / LPIPS per view and mean (and with exposure fitted), history
+    views.json                the learned per-view colour transforms and refined cameras (identity / as given
+                              for held-out views)
     checkpoints/step_NNNNNN/  the latest checkpoint: gaussians/optimizer/strategy .safetensors + state.pt
 
 A checkpoint holds everything the next step reads (Gaussians, Adam moments, densification statistics, RNG
@@ -35,17 +42,21 @@ from manyview.io.atomic import atomic_directory, atomic_open, check_output_folde
 from manyview.metrics.image import lpips, lpips_available, psnr, ssim
 from manyview.progress import progress
 from manyview.scene import PointCloud, Views
+from manyview.splat.appearance import ExposureCompensation, exposure_fitted
 from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
 from manyview.splat.init import from_points, random_in_box
 from manyview.splat.ply import write_ply
+from manyview.splat.pose_refine import PoseRefinement
 from manyview.splat.render import backend_names, render
 from manyview.splat.strategy import DensifyStrategy
 
 CHECKPOINT_DIR = "checkpoints"
+VIEW_STATE_NAME = "views.safetensors"  # in a checkpoint: per-view parameters and their Adam moments
 PLY_NAME = "splat.ply"
 EVAL_NAME = "eval.json"
 CAMERAS_NAME = "transforms.json"  # the dataset's cameras, for ``manyview render --orbit``
-RUN_NAMES = (CHECKPOINT_DIR, PLY_NAME, EVAL_NAME, CAMERAS_NAME)  # everything a run writes into its folder
+VIEWS_NAME = "views.json"  # per-view colour transforms and refined cameras
+RUN_NAMES = (CHECKPOINT_DIR, PLY_NAME, EVAL_NAME, CAMERAS_NAME, VIEWS_NAME)  # everything a run writes into its folder
 
 
 @dataclass
@@ -85,9 +96,25 @@ class SplatTrainConfig:
     random_init_points: int = 10_000
     """Random Gaussians in the cameras' bounding box when the dataset has no points."""
     init_opacity: float = 0.1
+    far_points: int = 0
+    """Extra initial points on a shell round the cameras, coloured from the training photos, for sky and distant
+    background that SfM leaves without points (``manyview.splat.far_field``); 0 adds none."""
+    far_radius: float = 10.0
+    """Radius of that shell, x the scene extent."""
     backend: str = "auto"
     """Rasterizer backend (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
     seed: int = 0
+    exposure: bool = False
+    """Learn an affine colour transform per training photo (3DGS's exposure), for photos whose exposure and white
+    balance differ; held-out views are rendered without one."""
+    lr_exposure: float = 1e-3
+    """Adam learning rate of the colour transforms."""
+    pose_refine: bool = False
+    """Learn an se(3) correction per training camera (gsplat's pose_opt); held-out cameras are used as given."""
+    lr_pose: float = 1e-5
+    """Adam learning rate of the pose corrections (radians; translations in units of the scene extent)."""
+    pose_reg: float = 1e-6
+    """Weight decay pulling the pose corrections to zero."""
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
     scale_schedule: bool = False
     """Runs shorter than 30k steps stretch ``densify``'s schedule (refine start / stop, opacity resets) by
@@ -99,12 +126,16 @@ class SplatTrainConfig:
         require(0 <= self.sh_degree <= 3, "sh_degree", "between 0 and 3", self.sh_degree)
         for name in ("sh_increase_every", "test_every", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 0, name, "at least 0", getattr(self, name))
+        require(self.far_points >= 0, "far_points", "at least 0", self.far_points)
+        require(math.isfinite(self.far_radius) and self.far_radius > 0, "far_radius", "a positive number",
+                self.far_radius)
         for name in ("max_init_points", "random_init_points"):
             require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
         for name in ("lr_means", "lr_means_final"):  # the schedule interpolates their logarithms
             value = getattr(self, name)
             require(math.isfinite(value) and value > 0, name, "a positive number", value)
-        for name in ("lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scaling", "lr_rotation"):
+        for name in ("lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scaling", "lr_rotation", "lr_exposure", "lr_pose",
+                     "pose_reg"):
             value = getattr(self, name)
             require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
         require(0 <= self.lambda_dssim <= 1, "lambda_dssim", "between 0 and 1", self.lambda_dssim)
@@ -187,13 +218,21 @@ def check_views(views: Views, where=None) -> None:
         raise ManyviewError("some cameras have non-finite poses or intrinsics (unregistered views?)", where)
 
 
-def initial_gaussians(views: Views, points: PointCloud | None, config: SplatTrainConfig) -> Gaussians:
-    """From ``points`` (subsampled to ``max_init_points``) or, without points, random in the cameras' box."""
+def initial_gaussians(views: Views, points: PointCloud | None, config: SplatTrainConfig,
+                      train_ids: list[int] | None = None) -> Gaussians:
+    """From ``points`` (subsampled to ``max_init_points``) or, without points, random in the cameras' box; with
+    ``far_points``, also a far shell coloured from the photos ``train_ids`` (default all)."""
     if points is not None and len(points.xyz) > 0:
         if not torch.isfinite(points.xyz).all():
             raise ManyviewError("the initial point cloud has NaN or infinite coordinates")
         if len(points.xyz) > config.max_init_points:
             points = points.subsample(config.max_init_points, config.seed)
+        if config.far_points:
+            from manyview.splat.far_field import far_field_points
+
+            far = far_field_points(views, config.far_points, config.far_radius * scene_extent(views), train_ids)
+            rgb = points.rgb if points.rgb is not None else torch.full_like(points.xyz, 0.5)
+            points = PointCloud(torch.cat([points.xyz.double(), far.xyz]), torch.cat([rgb.double(), far.rgb]))
         return from_points(points, sh_degree=config.sh_degree, opacity=config.init_opacity)
     centers = views.cameras.centers.double()
     return random_in_box(config.random_init_points, centers.amin(0), centers.amax(0), sh_degree=config.sh_degree,
@@ -216,7 +255,8 @@ class SplatTrainer:
         if not self.train_ids:
             raise ManyviewError("no training views left after holding out the test views")
         self.extent = scene_extent(views)
-        g = gaussians if gaussians is not None else initial_gaussians(views, points, config)
+        self.center = views.cameras.centers.double().mean(0).float()  # where scene_extent measures from
+        g = gaussians if gaussians is not None else initial_gaussians(views, points, config, self.train_ids)
         g = g.detach().to(torch.float32).with_sh_degree(config.sh_degree)
         for name in PARAMETER_NAMES:
             if not torch.isfinite(getattr(g, name)).all():
@@ -230,6 +270,20 @@ class SplatTrainer:
         # fused Adam: the same update as the default loop in one kernel per tensor (7x faster on a CPU here)
         self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15, fused=True)
                            for n in PARAMETER_NAMES}
+        # per-view parameters (exposure, pose corrections): an Adam per view, stepped only when its view is
+        # rendered, outside the per-Gaussian edits of the densification strategy
+        self.exposure = ExposureCompensation(len(views)) if config.exposure else None
+        self.pose = PoseRefinement(len(views), self.extent) if config.pose_refine else None
+        self.view_params: dict[str, torch.nn.ParameterList] = {}
+        self.view_optimizers: dict[str, list[torch.optim.Optimizer]] = {}
+        if self.exposure is not None:
+            self.view_params["exposure"] = self.exposure.per_view
+            self.view_optimizers["exposure"] = [torch.optim.Adam([p], lr=config.lr_exposure, eps=1e-15)
+                                                for p in self.exposure.per_view]
+        if self.pose is not None:
+            self.view_params["pose"] = self.pose.per_view
+            self.view_optimizers["pose"] = [torch.optim.Adam([p], lr=config.lr_pose, weight_decay=config.pose_reg)
+                                            for p in self.pose.per_view]
         self.strategy = config.strategy()
         self.strategy_state = self.strategy.initialize_state(len(g))
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -272,27 +326,38 @@ class SplatTrainer:
         i = self._next_view()
         background = self._background()
         degree = min(cfg.sh_degree, step // cfg.sh_increase_every) if cfg.sh_increase_every > 0 else cfg.sh_degree
-        out = render(Gaussians.from_dict(self.params), self.views.cameras[i:i + 1], background=background,
-                     sh_degree=degree, backend=cfg.backend)
+        out = self._render(i, background, degree)
         self.strategy.step_pre_backward(out)
         gt = self.views.images[i].to(out.rgb)
-        loss = self.loss(out.rgb[0], gt)
-        for opt in self.optimizers.values():
+        pred = self.exposure(out.rgb[0], i) if self.exposure is not None else out.rgb[0]
+        loss = self.loss(pred, gt)
+        optimizers = [*self.optimizers.values(), *(opts[i] for opts in self.view_optimizers.values())]
+        for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return self._skip(step, "loss")
         loss.backward()
-        if not _all_finite([p.grad for p in self.params.values()] + [out.means2d.grad]):
-            for opt in self.optimizers.values():
+        grads = [p.grad for p in self.params.values()] + [params[i].grad for params in self.view_params.values()]
+        if not _all_finite(grads + [out.means2d.grad]):
+            for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             return self._skip(step, "gradients")
-        for opt in self.optimizers.values():
+        for opt in optimizers:
             opt.step()
         report = self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, out,
-                                                  scene_scale=self.extent, generator=self.generator)
+                                                  scene_scale=self.extent, generator=self.generator,
+                                                  scene_center=self.center)
         with torch.no_grad():
             value = psnr(out.rgb[0].detach().clamp(0, 1), gt).item()
         return {"loss": loss.item(), "psnr": value, "skipped": False, **report}
+
+    def _render(self, i: int, background: Tensor, degree: int | None = None):
+        """Render view ``i`` with its pose correction when it has one (training views under pose_refine)."""
+        g = Gaussians.from_dict(self.params)
+        if self.pose is not None and i in self.train_ids:
+            g = self.pose(g, self.views.cameras.c2w[i], i)
+        return render(g, self.views.cameras[i:i + 1], background=background, sh_degree=degree,
+                      backend=self.config.backend)
 
     def _skip(self, step: int, what: str) -> dict:
         import warnings
@@ -304,27 +369,56 @@ class SplatTrainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def render_views(self, ids: list[int]) -> Tensor:
-        """(len(ids), 3, H, W) renders over the configured background, clamped to [0, 1]."""
-        g = self.gaussians
+        """(len(ids), 3, H, W) renders over the configured background, clamped to [0, 1]; training views with
+        their learned pose correction and colour transform, held-out views with neither."""
         bg = torch.tensor(self.config.background, dtype=torch.float32)
-        return torch.cat([render(g, self.views.cameras[i:i + 1], background=bg, backend=self.config.backend)
-                          .rgb.clamp(0, 1) for i in ids])
+        images = []
+        for i in ids:
+            rgb = self._render(i, bg).rgb[0]
+            if self.exposure is not None and i in self.train_ids:
+                rgb = self.exposure(rgb, i)
+            images.append(rgb.clamp(0, 1))
+        return torch.stack(images)
 
     @torch.no_grad()
     def evaluate(self, ids: list[int] | None = None, with_lpips: bool = True) -> dict:
-        """Per-view and mean PSNR / SSIM (and LPIPS when its weights are available) on ``ids`` (test views)."""
+        """Per-view and mean PSNR / SSIM (and LPIPS when its weights are available) on ``ids`` (test views),
+        and PSNR / SSIM with each image's affine colour transform fitted to its photo (``*_exposure_fitted``)."""
         ids = self.test_ids if ids is None else ids
         if not ids:
-            return {"views": [], "psnr": None, "ssim": None, "lpips": None}
+            return {"views": [], "psnr": None, "ssim": None, "lpips": None, "psnr_exposure_fitted": None,
+                    "ssim_exposure_fitted": None}
         pred = self.render_views(ids)
         gt = self.views.images[ids].to(pred)
         p, s = psnr(pred, gt), ssim(pred, gt)
+        fitted = exposure_fitted(pred, gt)
+        pf, sf = psnr(fitted, gt), ssim(fitted, gt)
         lp = lpips(pred, gt) if with_lpips and lpips_available() else None
         names = [self.views.names[i] if i < len(self.views.names) else str(i) for i in ids]
         per_view = [{"name": n, "index": i, "psnr": float(p[k]), "ssim": float(s[k]),
+                     "psnr_exposure_fitted": float(pf[k]), "ssim_exposure_fitted": float(sf[k]),
                      **({"lpips": float(lp[k])} if lp is not None else {})} for k, (n, i) in enumerate(zip(names, ids))]
         return {"views": per_view, "psnr": float(p.mean()), "ssim": float(s.mean()),
-                "lpips": float(lp.mean()) if lp is not None else None}
+                "lpips": float(lp.mean()) if lp is not None else None,
+                "psnr_exposure_fitted": float(pf.mean()), "ssim_exposure_fitted": float(sf.mean())}
+
+    def view_records(self) -> list[dict]:
+        """Per view: name, whether trained on, its colour transform [A | b] and camera-to-world (refined for
+        training views under pose_refine)."""
+        from manyview.splat.appearance import identity_transforms
+
+        transforms = (self.exposure.transforms.detach() if self.exposure is not None
+                      else identity_transforms(len(self.views)))
+        records = []
+        for i in range(len(self.views)):
+            trained = i in self.train_ids
+            c2w = self.views.cameras.c2w[i].detach()
+            if self.pose is not None and trained:
+                c2w = self.pose.refined(c2w, i)
+            colour = transforms[i] if trained else identity_transforms(1)[0]
+            records.append({"name": self.views.names[i] if i < len(self.views.names) else str(i), "index": i,
+                            "train": trained, "colour_transform": colour.tolist(), "c2w": c2w.tolist()})
+        return records
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_dirs(self) -> list[Path]:
@@ -344,6 +438,14 @@ class SplatTrainer:
             save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "gaussians.safetensors"))
             save_file(moments, str(tmp / "optimizer.safetensors"))
             save_file({k: v.contiguous() for k, v in self.strategy_state.items()}, str(tmp / "strategy.safetensors"))
+            view_state = {}
+            for name, params in self.view_params.items():
+                view_state[name] = torch.stack([p.detach() for p in params]).contiguous()
+                for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
+                    for key, value in opt.state.get(param, {}).items():
+                        view_state[f"{name}.{i}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+            if view_state:  # a run without per-view parameters writes none (and its resume needs none)
+                save_file(view_state, str(tmp / VIEW_STATE_NAME))
             torch.save({"step": self.step, "order": list(self.order), "generator": self.generator.get_state(),
                         "torch_rng": torch.get_rng_state(), "skipped": list(self.skipped),
                         "history": json.dumps(self.history), "train_time": self.train_time,
@@ -414,6 +516,21 @@ class SplatTrainer:
             step, train_time = int(state["step"]), float(state["train_time"])
         except (RuntimeError, TypeError, ValueError) as exc:
             raise damaged(files["state.pt"], f"its contents do not fit a splat trainer state ({type(exc).__name__})")
+        view_file = path / VIEW_STATE_NAME
+        view_state = {}
+        if self.view_params:
+            if not view_file.is_file():
+                raise ManyviewError(f"this checkpoint has no per-view parameters ({', '.join(self.view_params)}): it "
+                                    "was trained without exposure / pose refinement; resume with the same settings, "
+                                    "or start over without --resume", path)
+            try:
+                view_state = read_safetensors(view_file)[0]
+            except ManyviewError as exc:
+                raise damaged(view_file, exc.message) from None
+            for name, params in self.view_params.items():
+                if name not in view_state or view_state[name].shape != (len(params), *params[0].shape):
+                    raise ManyviewError(f"this checkpoint has no {name} parameters for these {len(self.views)} "
+                                        "views; resume with the same settings, or start over without --resume", path)
         if any(i not in self.train_ids for i in order):
             raise ManyviewError("the checkpoint's remaining view order names views this run does not train on "
                                 "(a different test_every?); resume with the same settings, or start over without "
@@ -426,6 +543,15 @@ class SplatTrainer:
             if own:
                 opt.state[self.params[name]] = own
         self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
+        with torch.no_grad():
+            for name, params in self.view_params.items():
+                for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
+                    param.copy_(view_state[name][i])
+                    opt.state.clear()
+                    prefix = f"{name}.{i}."
+                    own = {k[len(prefix):]: v.clone() for k, v in view_state.items() if k.startswith(prefix)}
+                    if own:
+                        opt.state[param] = own
         self.step = step
         self.order = order
         self.generator.set_state(generator.get_state())
@@ -480,6 +606,9 @@ class SplatTrainer:
 
         names = [self.views.names[i] if i < len(self.views.names) else f"{i:05d}.png" for i in range(len(self.views))]
         write_transforms_json(self.out_dir / CAMERAS_NAME, self.views.cameras, names)
+        with atomic_open(self.out_dir / VIEWS_NAME, "w") as f:
+            json.dump({"exposure": self.exposure is not None, "pose_refine": self.pose is not None,
+                       "views": self.view_records()}, f, indent=1)
         with atomic_open(self.out_dir / EVAL_NAME, "w") as f:
             json.dump(result, f, indent=2)
         return result

@@ -21,7 +21,7 @@ budget. Either method stops at the memory limit (24 GB, or 80 % of the memory av
 when a run fails to allocate (the subprocess's data segment is capped at the limit) or when the previous row
 predicts more than the limit.
 
-    python bench/reconstruction_scaling.py [--max-n 128] [--quick] [--size 224] [--budget-s 600]
+    python bench/reconstruction_scaling.py [--max-n 128] [--quick] [--views N ...] [--size 224] [--budget-s 600]
         [--memory-limit-gb 24] [--ga-iterations 300] [--preset tiny] [--device cpu] [--threads N] [--out PATH.json]
 
 Writes the JSON and a Markdown table beside it (``.md``), and prints the table.
@@ -200,6 +200,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--views", type=int, nargs="+", default=None,
+                        help="run only these N (e.g. --views 32 --budget-s 20000 for the 32-view row to completion); "
+                             "results *_views.*")
     parser.add_argument("--child", choices=("fast3r", "pairwise"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-limit-bytes", type=int, help=argparse.SUPPRESS)
@@ -213,7 +216,9 @@ def main() -> None:
     if args.quick:
         args.max_n = min(args.max_n, 16)
         args.budget_s = min(args.budget_s, 120.0)
-    out = args.out or RESULTS / ("reconstruction_scaling_quick.json" if args.quick else "reconstruction_scaling.json")
+    default_name = ("reconstruction_scaling_views.json" if args.views else
+                    "reconstruction_scaling_quick.json" if args.quick else "reconstruction_scaling.json")
+    out = args.out or RESULTS / default_name
     limit = int(args.memory_limit_gb * GB)
     available = _available_memory()
     if available is not None and args.device == "cpu":
@@ -225,6 +230,8 @@ def main() -> None:
     sizes = [2]
     while sizes[-1] * 2 <= args.max_n:
         sizes.append(sizes[-1] * 2)
+    if args.views:
+        sizes = sorted(set(args.views))
     stopped = {"fast3r": None, "pairwise": None}
     last = {"fast3r": None, "pairwise": None}
     rows = []

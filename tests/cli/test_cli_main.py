@@ -78,10 +78,10 @@ def test_train_accepts_preset_as_an_option():
     assert _preset_as_subcommand(["train", "fast3r", "--preset", "bundled", "--out", "x"]) == \
         ["train", "fast3r", "bundled", "--out", "x"]
     assert _preset_as_subcommand(["train", "lvsm", "--preset=tiny"]) == ["train", "lvsm", "tiny"]
-    # condense has one preset so far: it is taken without a subcommand, and naming it is harmless
-    for args in (["train", "condense", "--preset", "tiny", "--out", "x"], ["train", "condense", "--preset=tiny", "--out",
-                 "x"], ["train", "condense", "tiny", "--out", "x"], ["train", "condense", "--out", "x"]):
-        assert _preset_as_subcommand(args) == ["train", "condense", "--out", "x"]
+    assert _preset_as_subcommand(["train", "condense", "--preset", "bundled", "--out", "x"]) == \
+        ["train", "condense", "bundled", "--out", "x"]
+    assert _preset_as_subcommand(["train", "condense", "--preset=ablation-anchor"]) == \
+        ["train", "condense", "ablation-anchor"]
     assert _preset_as_subcommand(["info", "--preset", "x"]) == ["info", "--preset", "x"]
 
 

@@ -1,10 +1,13 @@
-"""``manyview eval``: score models against ground truth: reconstructions (:mod:`manyview.recon.evaluate`) and
-novel views (:mod:`manyview.nvs.evaluate`).
+"""``manyview eval``: score models against ground truth: reconstructions (:mod:`manyview.recon.evaluate`),
+novel views (:mod:`manyview.nvs.evaluate`), the scene repository (:mod:`manyview.repository.evaluate`) and dense
+features (:mod:`manyview.features.evaluate`).
 
     manyview eval reconstruction                                  # bundled Fast3R and COLMAP, 4/8/16 views
     manyview eval reconstruction --weights runs/fast3r_bundled/final --views 8 --scenes 10 --no-colmap
     manyview eval reconstruction --real data/real/family --views 8 --no-synthetic
     manyview eval nvs --re10k re10k/test --index evaluation_index_re10k.json --weights model_dir
+    manyview eval repository --real ../shared/data/real/family ../shared/data/real/teddybear
+    manyview eval features --weights runs/condense_bundled/final --real runs/family_colmap runs/teddybear_colmap
 """
 
 from __future__ import annotations
@@ -197,6 +200,207 @@ class EvalNVS:
         print(f"\nwrote {self.out}")
 
 
+@dataclass
+class EvalRepository:
+    """The searchable repository (manyview index / query) on an evaluation repository: --scenes held-out synthetic
+    scenes, the first --duplicates captured a second time (other cameras, lighting, fewer views), held-out photos
+    of each queried (recall@1 / @5, pose error of the located photo, with the focal given and swept), duplicate
+    precision / recall / F1, text -> scene recall of their captions; --real photo folders (COLMAP-posed) join as
+    scenes among the synthetic distractors. Prints Markdown tables, writes JSON (repository.evaluate)."""
+
+    scenes: int = 100
+    """M synthetic scenes (object scenes and rooms alternate)."""
+    duplicates: int = 20
+    """How many of them are captured twice."""
+    views: int = 12
+    """Indexed views per capture (the second capture has 3/4 as many)."""
+    size: int = 256
+    """Render size, pixels (square)."""
+    real: tuple[Path, ...] = ()
+    """Folders of photos indexed among the synthetic scenes (e.g. ../shared/data/real/family)."""
+    db: str | None = None
+    """The repository to build: a new SQLite file or an empty postgresql:// database (default: a temporary file)."""
+    out: Path = Path("results/eval_repository.json")
+    threads: int | None = 1
+    """torch CPU threads."""
+
+    def __post_init__(self):
+        require(self.scenes >= 2, "--scenes", "at least 2", self.scenes)
+        require(0 <= self.duplicates <= self.scenes, "--duplicates", f"between 0 and --scenes ({self.scenes})",
+                self.duplicates)
+        require(self.views >= 4, "--views", "at least 4", self.views)
+        require(self.size >= 32, "--size", "at least 32", self.size)
+        if self.threads is not None:
+            require(self.threads >= 1, "--threads", "at least 1", self.threads)
+
+    def interrupted(self) -> str:
+        return f"{self.out} was not written (it is written at the end)"
+
+    def run(self) -> None:
+        import os
+        import tempfile
+
+        # numba's OpenMP threads (the synthetic renderer) otherwise keep spinning and slow torch's convolutions
+        # many times over on a busy machine; only effective before numba is first imported.
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+        import torch
+
+        from manyview.io.atomic import atomic_open, check_output_file
+        from manyview.repository import evaluate as ev
+        from manyview.repository.index import Indexer
+        from manyview.repository.store import is_postgres_url, open_store
+
+        check_output_file(self.out)
+        for folder in self.real:
+            if not folder.is_dir():
+                raise ManyviewError("--real needs a folder of photos", folder)
+        if self.db is not None and not is_postgres_url(self.db) and Path(self.db).exists():
+            raise ManyviewError("--db must be a new file (the evaluation builds its own repository)", self.db)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        cfg = ev.RepositoryEvalConfig(scenes=self.scenes, duplicates=self.duplicates, views=self.views,
+                                      size=self.size, real=self.real)
+        indexer = Indexer()
+        with tempfile.TemporaryDirectory(prefix="manyview-eval-repository-") as tmp:
+            store = open_store(self.db or ev.default_eval_db(tmp), indexer.settings, create=True)
+            try:
+                if store.count():
+                    raise ManyviewError("--db already holds scenes: give a new, empty repository", store.where)
+                report = ev.evaluate_repository(store, indexer, cfg)
+            finally:
+                store.close()
+        print()
+        print(ev.markdown(report))
+        with atomic_open(self.out, "w", encoding="utf-8") as fh:
+            json.dump(report.to_json(), fh, indent=1)
+            fh.write("\n")
+        print(f"\nwrote {self.out}")
+
+
+@dataclass
+class EvalFeatures:
+    """Multi-view consistency of dense features (manyview.features.evaluate): correspondence recall @5 / 10 / 20 px
+    by the angle between two views (0-15, 15-30, 30-60, 60-180 degrees) for the teacher, a ConDense model's 2D
+    student and its 3D student rendered into the views, on held-out synthetic scenes (exact depth) and on
+    reconstruction folders of real photos (--real: `manyview reconstruct PHOTOS --model colmap --out DIR`; its SfM
+    points and cameras are the pseudo ground truth); key-point repeatability and matching score (synthetic).
+    Prints Markdown tables, writes JSON."""
+
+    weights: Path | None = None
+    """A ConDense model folder (config.json + model.safetensors); default: the bundled model when this
+    installation ships it, else the teacher alone."""
+    teacher: bool = True
+    """Also evaluate the model's teacher (--no-teacher: the model only)."""
+    teacher_name: str | None = None
+    """The teacher to evaluate without a model (default: efficientnet-lite0; with a model, its own teacher)."""
+    teacher_weights: Path | None = None
+    """The teacher's checkpoint (DINOv2 / CLIP)."""
+    synthetic: bool = True
+    """Evaluate on held-out synthetic scenes (--no-synthetic with --real for photos only)."""
+    scenes: int = 4
+    """Held-out synthetic scenes per kind (object orbits and room walkthroughs)."""
+    views: int = 6
+    size: int = 224
+    """Synthetic image size; real photos are resized to this short side."""
+    points: int = 4096
+    """Surface points per synthetic scene for the 3D student."""
+    keypoints: int = 256
+    """Key points per view (at most)."""
+    real: tuple[Path, ...] = ()
+    """Reconstruction folders of real photos (COLMAP cameras and points)."""
+    max_views: int | None = None
+    """Real photos: the first N views only."""
+    out: Path = Path("results/eval_features.json")
+    threads: int | None = 1
+    """torch CPU threads."""
+
+    def __post_init__(self):
+        require(self.scenes >= 1, "--scenes", "at least 1", self.scenes)
+        require(self.views >= 2, "--views", "at least 2", self.views)
+        require(self.size >= 32, "--size", "at least 32", self.size)
+        require(self.points >= 16, "--points", "at least 16", self.points)
+        require(self.keypoints >= 1, "--keypoints", "at least 1", self.keypoints)
+        if self.max_views is not None:
+            require(self.max_views >= 2, "--max-views", "at least 2", self.max_views)
+        if self.threads is not None:
+            require(self.threads >= 1, "--threads", "at least 1", self.threads)
+
+    def interrupted(self) -> str:
+        return f"{self.out} was not written (it is written at the end)"
+
+    def run(self) -> None:
+        import os
+
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # see EvalRepository
+        import torch
+
+        from manyview.features import evaluate as ev
+        from manyview.features.teachers import DEFAULT_TEACHER, TEACHERS, load_teacher
+        from manyview.io.atomic import atomic_open, check_output_file
+        from manyview.progress import progress
+
+        if not (self.synthetic or self.real):
+            raise ManyviewError("nothing to evaluate: --no-synthetic needs --real FOLDER")
+        if self.teacher_name is not None and self.teacher_name not in TEACHERS:
+            raise ManyviewError(f"--teacher-name must be one of {', '.join(TEACHERS)}, got {self.teacher_name!r}")
+        check_output_file(self.out)
+        for folder in self.real:
+            if not folder.is_dir():
+                raise ManyviewError("--real needs a reconstruction folder (manyview reconstruct --model colmap)",
+                                    folder)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model, source = _condense_model(self.weights)
+        if model is None and not self.teacher:
+            raise ManyviewError("nothing to evaluate: no ConDense weights (pass --weights) and --no-teacher")
+        teacher = None
+        if self.teacher:
+            name = self.teacher_name or (model.config.teacher if model is not None else DEFAULT_TEACHER)
+            teacher = load_teacher(name, self.teacher_weights)
+        methods = ev.model_methods(model, teacher)
+        report = {"weights": source, "teacher": None if teacher is None else teacher.name,
+                  "config": {k: (str(v) if isinstance(v, Path) else
+                                 [str(x) for x in v] if isinstance(v, tuple) else v)
+                             for k, v in asdict(self).items()}}
+        syn = ev.SyntheticFeatureEval(scenes=self.scenes, views=self.views, size=self.size, points=self.points,
+                                      max_keypoints=self.keypoints) if self.synthetic else None
+        total = (2 * self.scenes if self.synthetic else 0) + len(self.real)
+        bar = progress(total=total, desc="features")
+        try:
+            report.update(ev.evaluate_features(methods, syn, self.real,
+                                               ev.RealFeatureEval(short_side=self.size, max_views=self.max_views),
+                                               progress=lambda _: bar.update(1)))
+        finally:
+            bar.close()
+        print(f"\n{source}\n")
+        print(ev.markdown(report))
+        with atomic_open(self.out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+            fh.write("\n")
+        print(f"\nwrote {self.out}")
+
+
+def _condense_model(weights: Path | None):
+    """(ConDense model or None, where it came from)."""
+    from manyview.features.condense import ConDense
+
+    if weights is not None:
+        if not weights.exists():
+            raise ManyviewError("ConDense weights not found", weights)
+        return ConDense.from_pretrained(weights), str(weights)
+    try:
+        from manyview.assets import bundled_model_dir
+
+        bundled = bundled_model_dir("condense")
+    except ValueError:  # this installation knows no bundled ConDense model yet
+        bundled = None
+    if bundled is None:
+        return None, "no ConDense weights (bundled or --weights): the teacher alone"
+    return ConDense.from_pretrained(bundled), f"bundled ({bundled})"
+
+
 Eval = Union[Annotated[EvalReconstruction, tyro.conf.subcommand("reconstruction", default=EvalReconstruction())],
-             Annotated[EvalNVS, tyro.conf.subcommand("nvs", default=EvalNVS())]]
-"""The ``eval`` command: ``manyview eval {reconstruction,nvs} [options]``."""
+             Annotated[EvalNVS, tyro.conf.subcommand("nvs", default=EvalNVS())],
+             Annotated[EvalRepository, tyro.conf.subcommand("repository", default=EvalRepository())],
+             Annotated[EvalFeatures, tyro.conf.subcommand("features", default=EvalFeatures())]]
+"""The ``eval`` command: ``manyview eval {reconstruction,nvs,repository,features} [options]``."""

@@ -4,7 +4,8 @@
     manyview train fast3r bundled --out runs/fast3r_bundled --train.resume True   # continue after a stop
     manyview train fast3r tiny --train.steps 20                    # a quick check
     manyview train efficient-lvsm bundled --out runs/efficient_lvsm_bundled
-    manyview train condense --train.steps 20                       # ConDense features (tiny preset)
+    manyview train condense tiny --train.steps 20                  # ConDense features, a quick check
+    manyview train condense bundled --out runs/condense_bundled    # the recipe of the bundled features
     manyview train toy                                             # the trainer's smallest task
 
 The preset (``tiny`` / ``bundled``) sets every default; any field can still be overridden. The presets themselves
@@ -147,7 +148,11 @@ _PRESET_NOTES = {
              "bundled": "the recipe of the bundled weights (32 x 32, 3000 steps; 50 min on 2 CPU cores)"},
     "efficient-lvsm": {"tiny": "32 x 32, four blocks of width 64: seconds, for checks",
                        "bundled": "the recipe of the bundled weights (32 x 32, 3000 steps; 20 min on 2 CPU cores)"},
-    "condense": {"tiny": "64 x 64, 3 views, 1024 points, feature dimension 32: minutes, for checks"},
+    "condense": {"tiny": "64 x 64, 3 views, 1024 points, feature dimension 32: minutes, for checks",
+                 "bundled": "the recipe of the bundled model (128 x 128, 6000 steps; under 3 h on 2 CPU cores)",
+                 "ablation-both": "the bundled recipe for 150 steps at 1024 points (the ablations' reference)",
+                 "ablation-consistency": "150 steps, consistency term only (anchor_weight 0)",
+                 "ablation-anchor": "150 steps, teacher anchor only (consistency_weight 0)"},
 }
 
 
@@ -169,8 +174,8 @@ def single_preset(model: str) -> str | None:
 
 
 def _model_command(model: str, description: str):
-    """``train MODEL PRESET``: one subcommand per preset of MODEL. A model with a single preset so far (condense)
-    takes it without naming it, since a choice of one is no subcommand."""
+    """``train MODEL PRESET``: one subcommand per preset of MODEL. A model with a single preset would take it
+    without naming it, since a choice of one is no subcommand."""
     command = {"fast3r": Fast3RTrain, "condense": CondenseTrain}.get(model, LVSMTrain)
     notes = _PRESET_NOTES[model]
     if len(notes) == 1:
@@ -191,5 +196,4 @@ Train = Union[
     Annotated[ToyTrain, tyro.conf.subcommand("toy")],
 ]
 """The ``train`` command: ``manyview train {fast3r,lvsm,efficient-lvsm} {tiny,bundled} [options]``,
-``manyview train condense`` or
-``manyview train toy``."""
+``manyview train condense {tiny,bundled,ablation-*}`` or ``manyview train toy``."""

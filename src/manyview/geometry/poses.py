@@ -58,8 +58,11 @@ def pose_normalization(c2w: Tensor, scale_factor: float = 1.35) -> tuple[Tensor,
     T = invert_rigid(avg_c2w)
     aligned = (T[..., None, :3, :3] @ centers[..., None])[..., 0] + T[..., None, :3, 3]
     extent = aligned.abs().flatten(-2).amax(-1)
-    # a single camera (or all at one point) has no extent: leave its scale alone instead of dividing by 0
-    scale = torch.where(extent > 0, 1.0 / (scale_factor * extent.clamp_min(torch.finfo(extent.dtype).tiny)),
+    # a single camera (or all at one point) has no extent: leave its scale alone instead of dividing by 0. "No
+    # extent" is relative to the centres' magnitude: rounding leaves ~1e-16 * |centre| behind, never exactly 0
+    rounding = 64 * torch.finfo(extent.dtype).eps * (1 + centers.abs().flatten(-2).amax(-1))
+    has_extent = extent > rounding
+    scale = torch.where(has_extent, 1.0 / (scale_factor * extent.clamp_min(torch.finfo(extent.dtype).tiny)),
                         torch.ones_like(extent))
     return T, scale
 

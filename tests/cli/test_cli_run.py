@@ -91,3 +91,21 @@ def test_view_of_a_folder_with_nothing_to_view_is_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     refused(capsys, ["view", empty], "nothing to view", str(empty))
+
+
+def test_the_step_by_step_splat_command_carries_the_photo_options(monkeypatch):
+    """The report's `manyview splat` step must train what the run trained: exposure and the far shell included,
+    and a boolean turned off is written as --no-FLAG (tyro's spelling), never as `--flag False`."""
+    from manyview.cli.run import Run
+    from manyview.pipeline.config import RunConfig
+
+    monkeypatch.setattr("sys.argv", ["manyview"])  # not typed on a command line: the options are spelled out
+    run = Run(photos=[Path("photos")], out=Path("o"), config=RunConfig(exposure=False))
+    commands = run._commands(run.config.resolved())
+    whole = commands[1]
+    assert "--no-exposure" in whole and "--exposure False" not in whole
+    splat = next(c for c in commands if c.startswith("manyview splat "))
+    assert "--exposure" not in splat and "--far-points 20000 --densify.prune-scale-by-distance" in splat
+    run = Run(photos=[Path("photos")], out=Path("o"), config=RunConfig(far_points=0))
+    splat = next(c for c in run._commands(run.config.resolved()) if c.startswith("manyview splat "))
+    assert "--exposure" in splat and "--far-points" not in splat

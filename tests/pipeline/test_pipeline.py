@@ -201,11 +201,21 @@ def test_the_splat_steps_default_to_those_of_the_photos():
     assert PipelineRun([], "unused").config.iterations == DEFAULT_ITERATIONS
 
 
+def test_real_photos_get_a_far_shell_and_exposure_by_default_and_the_sample_no_shell():
+    from manyview.pipeline.config import DEFAULT_FAR_POINTS
+
+    photos = RunConfig().resolved()
+    assert photos.far_points == DEFAULT_FAR_POINTS > 0 and photos.exposure
+    assert RunConfig().resolved(sample=True).far_points == 0
+    assert RunConfig(far_points=0).resolved().far_points == 0  # what the user says wins
+    assert not RunConfig(exposure=False).resolved().exposure
+
+
 def test_the_photo_options_reach_the_splat_trainer():
     """--exposure and --far-points are the trainer's; a far shell also turns on pruning relative to distance."""
     from manyview.pipeline.stages import _training_config
 
-    plain = _training_config(RunConfig(iterations=10))
+    plain = _training_config(RunConfig(iterations=10, exposure=False, far_points=0))
     assert not plain.exposure and plain.far_points == 0 and not plain.densify.prune_scale_by_distance
     photo = _training_config(RunConfig(iterations=10, exposure=True, far_points=500))
     assert photo.exposure and photo.far_points == 500 and photo.densify.prune_scale_by_distance

@@ -85,8 +85,7 @@ class Run:
             source = shlex.quote(str(out / "photos" / "images"))
             make_photos = [f"manyview synth --kind sample-photos --out {shlex.quote(str(out / 'photos'))}"]
         if whole is None:
-            options = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in self.config.as_dict().items()
-                       if v != getattr(defaults, k)]
+            options = [_option(k, v) for k, v in self.config.as_dict().items() if v != getattr(defaults, k)]
             whole = " ".join(["manyview run", source, "--out", shlex.quote(str(out)), *options])
         poses = {"colmap": "--model colmap", "fast3r": "--model fast3r", "fast3r+ba": "--model fast3r --refine"}
         weights = f" --weights {shlex.quote(cfg.weights)}" if cfg.weights else ""
@@ -99,8 +98,18 @@ class Run:
             f"--out {shlex.quote(str(out / 'poses'))}" if cfg.poses != "fast3r" else
             f"manyview reconstruct {source}{weights} --out {shlex.quote(str(out / 'poses'))}",
             f"manyview splat {shlex.quote(str(out / 'poses'))} --out {shlex.quote(str(out / 'splat'))} "
-            f"--iterations {cfg.iterations} --max-width {cfg.max_width} --test-every {cfg.test_every}",
+            f"--iterations {cfg.iterations} --max-width {cfg.max_width} --test-every {cfg.test_every}"
+            + (" --exposure" if cfg.exposure else "")
+            + (f" --far-points {cfg.far_points} --densify.prune-scale-by-distance" if cfg.far_points else ""),
             f"manyview render {shlex.quote(str(out / 'splat' / 'splat.ply'))} --orbit {cfg.orbit_frames} "
             f"--out {shlex.quote(str(out / 'orbit'))}",
             f"manyview view {shlex.quote(str(out / 'splat'))}",
         ]
+
+
+def _option(name: str, value) -> str:
+    """One ``manyview run`` option as typed: ``--flag`` / ``--no-flag`` for booleans, ``--name value`` else."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {shlex.quote(str(value))}"

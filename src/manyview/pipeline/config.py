@@ -10,6 +10,9 @@ from manyview.errors import require
 PoseMethod = Literal["colmap", "fast3r", "fast3r+ba"]
 DEFAULT_ITERATIONS = 7000  # splat steps for photos
 SAMPLE_ITERATIONS = 1500  # for the 16 small photos of ``run --sample``: 24.5 dB held out, about a minute
+# a far shell of this many Gaussians for real photos (sky, distant background: +3 dB held out on family at equal
+# steps, bench/README.md "Real photos"); none for the sample, a synthetic object on an empty background
+DEFAULT_FAR_POINTS = 20_000
 
 
 @dataclass
@@ -41,12 +44,13 @@ class RunConfig:
     """Where Fast3R runs."""
     backend: str = "auto"
     """Splat rasterizer (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
-    exposure: bool = False
-    """Learn a colour transform per training photo (for photos whose exposure or white balance differ); held-out
-    photos are rendered without one."""
-    far_points: int = 0
+    exposure: bool = True
+    """Learn a colour transform per training photo (photos whose exposure or white balance differ; --no-exposure
+    turns it off); held-out photos are rendered without one."""
+    far_points: int | None = None
     """Initial Gaussians on a far shell round the cameras, coloured from the photos, for sky and distant background
-    that SfM leaves without points (their size is then pruned relative to their distance); 0 adds none."""
+    that SfM leaves without points (their size is then pruned relative to their distance); 0 adds none; default
+    20000, or 0 for ``run --sample``."""
     checkpoint_every: int = 500
     """Splat steps between checkpoints (what --resume continues from)."""
     max_points: int = 500_000
@@ -62,7 +66,8 @@ class RunConfig:
         require(self.fps >= 1, "fps", "at least 1", self.fps)
         require(self.checkpoint_every >= 1, "checkpoint_every", "at least 1", self.checkpoint_every)
         require(self.max_points >= 1, "max_points", "at least 1", self.max_points)
-        require(self.far_points >= 0, "far_points", "at least 0", self.far_points)
+        if self.far_points is not None:
+            require(self.far_points >= 0, "far_points", "at least 0", self.far_points)
         from manyview.splat.render import backend_names
 
         require(self.backend in backend_names(), "backend", f"one of {', '.join(backend_names())}", self.backend)
@@ -72,9 +77,13 @@ class RunConfig:
 
     def resolved(self, sample: bool = False) -> RunConfig:
         """This config with the defaults that depend on the photos filled in (``sample``: the embedded sample's)."""
-        if self.iterations is not None:
-            return self
-        return replace(self, iterations=SAMPLE_ITERATIONS if sample else DEFAULT_ITERATIONS)
+        iterations = self.iterations
+        if iterations is None:
+            iterations = SAMPLE_ITERATIONS if sample else DEFAULT_ITERATIONS
+        far_points = self.far_points
+        if far_points is None:
+            far_points = 0 if sample else DEFAULT_FAR_POINTS
+        return replace(self, iterations=iterations, far_points=far_points)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manyview.features.keypoints import (cell_centres, greedy_nms, greedy_nms_reference, keypoints2d, keypoints3d,
+from manyview.features.keypoints import (cell_centres, corner_response, subcell_offsets, greedy_nms, greedy_nms_reference, keypoints2d, keypoints3d,
                                          match_descriptors, saliency2d, sample_descriptors)
 from manyview.features.lift import apply_pca, lift_features, pca_project, visible_points
 
@@ -101,3 +101,50 @@ def test_2d_detection_re_finds_projected_3d_key_points_more_often_than_chance():
     assert total >= 40
     assert hits > 1.2 * chance, (hits, chance)
     assert correct / total > 0.25, correct / total  # chance: about 1 / 30
+
+
+@pytest.mark.parametrize("x0,y0", [(5.3, 4.0), (6.0, 3.72), (4.55, 5.45)])
+def test_subcell_offsets_find_the_vertex_of_a_quadratic_peak(x0, y0):
+    """A saliency that is a paraboloid peaked between cell centres: the refinement lands on the peak exactly;
+    a cell on the border, or not at a maximum along an axis, stays on its centre along that axis."""
+    h, w = 9, 11
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    saliency = 10 - (jj - x0) ** 2 - 0.5 * (ii - y0) ** 2
+    peak = torch.tensor([int(round(y0)) * w + int(round(x0))])
+    offset = subcell_offsets(saliency, peak)[0]
+    assert torch.allclose(offset, torch.tensor([x0 - round(x0), y0 - round(y0)], dtype=torch.float64), atol=1e-9)
+    border = torch.tensor([0 * w + 0, (h - 1) * w + (w - 1)])
+    assert torch.equal(subcell_offsets(saliency, border), torch.zeros(2, 2, dtype=torch.float64))
+    flat = torch.zeros(h, w, dtype=torch.float64)
+    assert torch.equal(subcell_offsets(flat, peak), torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_2d_key_points_move_with_the_image_to_a_fraction_of_a_pixel():
+    """Key points must follow the scene, not a grid: blobs shifted by (2.4, 1.3) px give key points shifted by the
+    same within half a pixel, even though the feature map (stride 8) is the same coarse grid in both images."""
+    torch.manual_seed(0)
+    H = W = 96
+    grid = torch.stack(torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="xy"), -1).reshape(-1, 2)
+    centres = 20 + 28 * grid + (torch.rand(9, 2) - 0.5) * 6  # apart, so that no blob moves another's peak
+
+    def image(shift) -> torch.Tensor:
+        yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        grey = sum(torch.exp(-((xx - x - shift[0]) ** 2 + (yy - y - shift[1]) ** 2) / (2 * 2.0 ** 2))
+                   for x, y in centres)
+        return grey.clamp(0, 1).expand(3, H, W)
+
+    fmap = torch.randn(8, H // 8, W // 8)
+    a = keypoints2d(fmap, (H, W), max_keypoints=9, image=image((0.0, 0.0)))
+    b = keypoints2d(fmap, (H, W), max_keypoints=9, image=image((2.4, 1.3)))
+    assert torch.cdist(a.xy, centres).min(dim=1).values.max() < 0.5  # on the blobs
+    nearest = torch.cdist(a.xy + torch.tensor([2.4, 1.3]), b.xy).min(dim=1).values
+    assert nearest.max() < 0.5, nearest
+
+
+def test_corner_response_is_high_at_corners_only():
+    img = torch.zeros(3, 40, 40)
+    img[:, 10:30, 10:30] = 1.0  # a square: four corners, four straight edges, flat inside and out
+    r = corner_response(img)
+    corner, edge, flat = r[10, 10], r[20, 10], r[20, 20]
+    assert corner > 20 * edge and flat.abs() < 1e-6 and edge >= 0

@@ -26,13 +26,13 @@ far side of an object. Positions come from the 3D points and cameras (mean repro
 from any feature detector; the SfM points lie where SIFT found texture, so the real-photo recall is measured at
 textured places, for every method alike.
 
-**Key points** (synthetic scenes): :func:`~manyview.features.keypoints.keypoints2d` on each method's own feature maps
-(at most ``max_keypoints`` per view). For a pair (A, B) and each direction, A's key points that B sees (exact depth)
-are projected into B; repeatability is the fraction with a key point of B within t px of the projection, the
-matching score the fraction whose mutual-nearest-neighbour descriptor match among B's key points lies within t px
-of it (SuperPoint's definitions), pooled per angle bin. Key points sit on feature-cell centres (stride 8 px for
-EfficientNet), so at t = 3 px a key point can only be re-detected when the projection lands within 3 px of a cell
-centre of B; t = 8 px (one cell) is reported beside it.
+**Key points** (synthetic scenes): :func:`~manyview.features.keypoints.keypoints2d` on each view (at most
+``max_keypoints``), placed at the image's corners with descriptors from each method's own feature maps. For a pair
+(A, B) and each direction, A's key points that B sees (exact depth) are projected into B; repeatability is the
+fraction with a key point of B within t px of the projection, the matching score the fraction whose
+mutual-nearest-neighbour descriptor match among B's key points lies within t px of it (SuperPoint's definitions),
+pooled per angle bin. The positions come from the image, so repeatability is the same for every method; the
+matching score is where their descriptors differ.
 """
 
 from __future__ import annotations
@@ -193,13 +193,15 @@ def keypoint_pair(kp_a, kp_b, depth_a: Tensor, depth_b: Tensor, fxfycxcy_a: Tens
 
 def keypoint_stats(features: Tensor, depths: Tensor, fxfycxcy: Tensor, c2w: Tensor, max_keypoints: int = 256,
                    thresholds: Sequence[float] = KEYPOINT_THRESHOLDS_PX, stats: KeypointStats | None = None,
-                   occlusion_tol: float = 0.05) -> KeypointStats:
-    """Key points of one multi-view sample (features (V, C, h, w), exact depths (V, H, W)) added to ``stats``:
-    every ordered pair of views, i.e. both directions of each pair."""
+                   occlusion_tol: float = 0.05, images: Tensor | None = None) -> KeypointStats:
+    """Key points of one multi-view sample (features (V, C, h, w), exact depths (V, H, W), the images (V, 3, H, W)
+    when key points are to be placed at their corners) added to ``stats``: every ordered pair of views, i.e. both
+    directions of each pair."""
     stats = stats if stats is not None else KeypointStats(tuple(thresholds))
     V = features.shape[0]
     size = tuple(depths.shape[-2:])
-    kps = [keypoints2d(features[v].float(), size, max_keypoints) for v in range(V)]
+    kps = [keypoints2d(features[v].float(), size, max_keypoints, image=None if images is None else images[v])
+           for v in range(V)]
     for a in range(V):
         for b in range(V):
             if a == b:
@@ -267,7 +269,7 @@ def evaluate_synthetic(methods: Mapping[str, FeatureFn], cfg: SyntheticFeatureEv
                 with torch.no_grad():
                     feats = fn(images, K, c2w, points, colors)
                 multiview_recall(feats, depths, K, c2w, grid=grid, recall=recall[name])
-                keypoint_stats(feats, depths, K, c2w, cfg.max_keypoints, stats=kstats[name])
+                keypoint_stats(feats, depths, K, c2w, cfg.max_keypoints, stats=kstats[name], images=images)
             if progress is not None:
                 progress(f"{kind} {i}")
     return {name: {"recall": recall[name].table(), "keypoints": kstats[name].table()} for name in methods}

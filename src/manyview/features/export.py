@@ -91,7 +91,7 @@ def extract_features(images: Tensor, fxfycxcy: Tensor, c2w: Tensor, points: Tens
         info.update(source="teacher", teacher=teacher.name, dim=dim, teacher_dim=C, pca=dim < C,
                     points_seen=int((seeing > 0).sum()))
     kp3 = keypoints3d(points.float(), feats3d, max_keypoints)
-    kp2 = [keypoints2d(m, (H, W), max_keypoints) for m in maps]
+    kp2 = [keypoints2d(m, (H, W), max_keypoints, image=images[i].float()) for i, m in enumerate(maps)]
     return SceneFeatures(points, colors, feats3d, maps, list(names), (H, W), kp3, kp2, seeing, info)
 
 

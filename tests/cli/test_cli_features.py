@@ -41,7 +41,7 @@ def test_export_round_trip_without_weights_says_what_the_features_are(tiny_datas
     out = tmp_path / "feats"
     assert main(["features", str(tiny_dataset), "--out", str(out), "--dim", "8", "--keypoints", "16"]) == 0
     printed = capsys.readouterr().out
-    assert "no trained ConDense weights are bundled" in printed and "PCA" in printed
+    assert "no ConDense model (" in printed and "PCA" in printed
     record, npz = _read_back(out, 8)
     assert record["source"] == "teacher" and record["dim"] == 8 and record["pca"]
     assert npz["features"].shape == (500, 8) and record["keypoints"] <= 16
@@ -59,7 +59,7 @@ def test_gaussians_are_points_and_a_trained_model_gives_its_features(tiny_datase
 
     out = tmp_path / "splat_feats"
     assert main(["features", str(tiny_splat), "--views", str(tiny_dataset), "--out", str(out), "--keypoints",
-                 "8"]) == 0
+                 "8", "--teacher", "efficientnet-lite0"]) == 0
     record, npz = _read_back(out, 8)
     assert npz["points"].shape == (200, 3) and record["dim"] == 152 and not record["pca"]
     torch.manual_seed(0)
@@ -70,6 +70,26 @@ def test_gaussians_are_points_and_a_trained_model_gives_its_features(tiny_datase
     record, npz = _read_back(out, 8)
     assert record["source"] == "condense" and npz["features"].shape == (500, 6)
     assert np.all(npz["views_seeing"] == -1)
+
+
+def test_the_bundled_model_is_the_default_and_a_teacher_or_other_dim_is_asked_for(tiny_dataset, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import manyview.assets
+    from manyview.features.condense import ConDense, ConDenseConfig
+    from manyview.features.student3d import PointBackboneConfig
+
+    torch.manual_seed(0)
+    ConDense(ConDenseConfig(dim=6, head_hidden=8, point=PointBackboneConfig(width=8, depth=1, heads=2, k=4))) \
+        .save_pretrained(tmp_path / "bundled")
+    monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda name: tmp_path / "bundled")
+    assert main(["features", str(tiny_dataset), "--out", str(tmp_path / "a"), "--keypoints", "8"]) == 0
+    record = json.loads((tmp_path / "a" / "features.json").read_text())
+    assert record["source"] == "condense" and record["dim"] == 6 and record["weights"] == str(tmp_path / "bundled")
+    assert main(["features", str(tiny_dataset), "--out", str(tmp_path / "b"), "--keypoints", "8", "--dim", "4"]) == 0
+    assert "--dim 4, the bundled model's is 6" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "features.json").read_text())["source"] == "teacher"
+    refused(capsys, ["features", tiny_dataset, "--out", tmp_path / "c", "--teacher", "efficientnet-lite0",
+                     "--weights", tmp_path / "bundled"], "--teacher", "--weights")
 
 
 def test_bad_inputs_are_one_clear_line(tiny_dataset, tmp_path, capsys, monkeypatch):

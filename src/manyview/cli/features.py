@@ -16,9 +16,8 @@ from manyview.errors import ManyviewError, require
 from manyview.features.keypoints import DEFAULT_MAX_KEYPOINTS
 from manyview.features.teachers import DEFAULT_TEACHER, TEACHERS
 
-NO_BUNDLED_MODEL = ("note: no trained ConDense weights are bundled yet (pass --weights for a model trained with "
-                    "`manyview train condense`): the 2D features are teacher {teacher}'s own{pca}, and each "
-                    "point's 3D feature is the mean of the 2D features of the views that see it")
+TEACHER_ONLY = ("note: no ConDense model ({why}): the 2D features are teacher {teacher}'s own{pca}, and each "
+                "point's 3D feature is the mean of the 2D features of the views that see it")
 
 
 @dataclass
@@ -39,10 +38,11 @@ class Features:
     out: Path
     """Output folder (new, empty, or an earlier features output)."""
     weights: Path | None = None
-    """A trained ConDense model folder (config.json + model.safetensors)."""
-    teacher: str = DEFAULT_TEACHER
-    """Teacher whose features are used without --weights (efficientnet-lite0 installs with pip; dinov2-* and
-    clip-* need their downloaded checkpoints)."""
+    """A trained ConDense model folder (config.json + model.safetensors); default: the bundled model (64
+    channels), unless --teacher or another --dim asks for a teacher's own features."""
+    teacher: str | None = None
+    """Use this teacher's own features instead of a ConDense model (efficientnet-lite0 installs with pip;
+    dinov2-* and clip-* need their downloaded checkpoints)."""
     teacher_weights: Path | None = None
     """The teacher's checkpoint (DINOv2 / CLIP), when not in torch.hub's checkpoint folder."""
     dim: int | None = None
@@ -53,7 +53,11 @@ class Features:
     """The posed images when SCENE is a PLY (default: the transforms.json beside it)."""
 
     def __post_init__(self):
-        require(self.teacher in TEACHERS, "--teacher", f"one of {', '.join(TEACHERS)}", self.teacher)
+        if self.teacher is not None:
+            require(self.teacher in TEACHERS, "--teacher", f"one of {', '.join(TEACHERS)}", self.teacher)
+            if self.weights is not None:
+                raise ManyviewError("--teacher gives a teacher's own features and --weights a ConDense model's: "
+                                    "pass one of them")
         if self.dim is not None:
             require(self.dim >= 1, "--dim", "at least 1", self.dim)
         require(self.keypoints >= 1, "--keypoints", "at least 1", self.keypoints)
@@ -69,27 +73,51 @@ class Features:
 
         check_output_folder(self.out, FEATURES_MARKER)
         model = teacher = None
-        if self.weights is not None:
-            model = _load_model(self.weights, self.dim)
+        weights, why = self._model_folder()
+        if weights is not None:
+            model = _load_model(weights, self.dim)
         else:
             from manyview.features.teachers import load_teacher
 
-            teacher = load_teacher(self.teacher, self.teacher_weights)
+            teacher = load_teacher(self.teacher or DEFAULT_TEACHER, self.teacher_weights)
         views, points, colors = _load_scene(self.scene, self.views)
         if model is None:
             reduce = self.dim is not None and self.dim < teacher.dim
-            print(NO_BUNDLED_MODEL.format(teacher=self.teacher,
-                                          pca=f", projected to {self.dim} channels by PCA" if reduce else ""))
+            print(TEACHER_ONLY.format(why=why, teacher=teacher.name,
+                                      pca=f", projected to {self.dim} channels by PCA" if reduce else ""))
         cams = views.cameras
         result = extract_features(views.images, cams.fxfycxcy.float(), cams.c2w.float(), points, colors,
                                   views.names, model=model, teacher=teacher, dim=self.dim, depths=views.depths,
                                   max_keypoints=self.keypoints)
         with atomic_directory(self.out) as tmp:
             write_features(tmp, result, {"scene": str(self.scene),
-                                         "weights": None if self.weights is None else str(self.weights)})
+                                         "weights": None if weights is None else str(weights)})
         C = result.features3d.shape[1]
         print(f"wrote features (C = {C}) of {len(points)} points and {len(views)} views, "
               f"{len(result.keypoints3d.positions)} key points, to {self.out}")
+
+
+    def _model_folder(self) -> tuple[Path | None, str]:
+        """(the ConDense model folder to use or None, why there is none)."""
+        if self.weights is not None:
+            return self.weights, ""
+        if self.teacher is not None:
+            return None, f"--teacher {self.teacher}"
+        from manyview.assets import bundled_model_dir
+
+        bundled = bundled_model_dir("condense")
+        if bundled is None:
+            return None, ("this installation ships no bundled weights; pass --weights for a model trained with "
+                          "`manyview train condense`")
+        if self.dim is not None and self.dim != _config_dim(bundled):
+            return None, f"--dim {self.dim}, the bundled model's is {_config_dim(bundled)}"
+        return bundled, ""
+
+
+def _config_dim(model_folder: Path) -> int:
+    import json
+
+    return int(json.loads((model_folder / "config.json").read_text())["dim"])
 
 
 def _load_model(weights: Path, dim: int | None):

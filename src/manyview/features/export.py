@@ -5,10 +5,10 @@ and returns :class:`SceneFeatures`, from one of two sources:
 
 - a trained :class:`~manyview.features.condense.ConDense` model: its 2D student on each view, its 3D student on the
   points;
-- a teacher alone (no trained ConDense weights are bundled yet): the teacher's own features per view, projected to
-  ``dim`` channels by PCA (fitted on all views' cells) when ``dim`` is smaller than the teacher's, and as 3D
-  features the mean of the 2D features of the views that see each point (:func:`~manyview.features.lift.
-  lift_features`).
+- a teacher alone (``manyview features --teacher``, or no model at hand): the teacher's own features per view,
+  projected to ``dim`` channels by PCA (fitted on all views' cells) when ``dim`` is smaller than the teacher's,
+  and as 3D features the mean of the 2D features of the views that see each point
+  (:func:`~manyview.features.lift.lift_features`).
 
 Key points (:mod:`~manyview.features.keypoints`) are detected on both. :func:`write_features` writes the folder:
 

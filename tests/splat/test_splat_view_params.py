@@ -181,3 +181,51 @@ def test_view_parameters_survive_a_checkpoint(truth, tmp_path):
     other.train(show_progress=False, stop_at=3)
     with pytest.raises(ManyviewError, match="no per-view parameters"):
         SplatTrainer(photos, tmp_path / "c", cfg, gaussians=g).load_checkpoint()
+
+
+def test_a_colour_transform_folded_into_sh_colours_changes_every_direction_alike():
+    from manyview.splat.appearance import fold_into_colours
+    from manyview.splat.sh import eval_sh
+
+    gen = torch.Generator().manual_seed(0)
+    # small coefficients and a transform near the identity: colours stay positive (eval_sh clamps at 0)
+    dc = 0.3 * torch.randn(50, 1, 3, generator=gen, dtype=torch.float64)
+    rest = 0.05 * torch.randn(50, 8, 3, generator=gen, dtype=torch.float64)
+    t = torch.eye(3, 4, dtype=torch.float64) + 0.05 * torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    dirs = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    before = eval_sh(torch.cat([dc, rest], 1), dirs, 2)
+    dc2, rest2 = fold_into_colours(dc, rest, t)
+    after = eval_sh(torch.cat([dc2, rest2], 1), dirs, 2)
+    assert before.min() > 0 and after.min() > 0
+    torch.testing.assert_close(after, before @ t[:, :3].T + t[:, 3])
+
+
+def test_the_written_splat_shows_the_training_photos_shared_exposure(truth, tmp_path):
+    """Colours and per-photo transforms are only determined together; the written splat must show the training
+    photos' mean exposure, as the evaluation renders held-out views, and views.json's transforms must act on it."""
+    from manyview.splat import read_ply
+    from manyview.splat.appearance import compose_transforms, invert_transform
+
+    g, cams, images = truth
+    gains = torch.tensor([1.0, 1.3, 1.2, 1.4, 1.0])[:, None].expand(5, 3)  # every training photo brighter
+    photos = Views(images=(images * 0.7 * gains[:, :, None, None]).clamp(0, 1), cameras=cams,
+                   names=[f"{i}.png" for i in range(len(cams))])
+    trainer = SplatTrainer(photos, tmp_path, _frozen_gaussians_config(iterations=60, exposure=True, lr_exposure=0.02),
+                           gaussians=g)
+    trainer.train(show_progress=False)
+    written = read_ply(tmp_path / "splat.ply")
+    records = json.loads((tmp_path / "views.json").read_text())["views"]
+    for i in range(len(cams)):
+        out = render(written, cams[i:i + 1], background=torch.zeros(3))
+        expected = trainer.render_views([i])[0]
+        if i in trainer.test_ids:  # held out: exactly what the splat shows
+            torch.testing.assert_close(out.rgb[0].clamp(0, 1), expected, atol=1e-5, rtol=0)
+        else:  # a training view: its recorded transform acts on the splat (where the Gaussians cover the pixel;
+            # elsewhere the transform's offset also lit the background)
+            got = apply_colour_transform(out.rgb[0], torch.tensor(records[i]["colour_transform"])).clamp(0, 1)
+            opaque = out.alpha[0] > 0.999
+            assert opaque.sum() > 20
+            torch.testing.assert_close(got[:, opaque], expected[:, opaque], atol=1e-4, rtol=0)
+    mean = trainer.exposure.mean_transform(trainer.train_ids)
+    assert torch.diagonal(mean[:, :3]).mean() < 0.96  # photos at 0.84-0.98 of the colours: the transforms learnt it
+    torch.testing.assert_close(compose_transforms(mean, invert_transform(mean)), torch.eye(3, 4), atol=1e-5, rtol=0)

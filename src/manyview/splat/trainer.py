@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -370,13 +370,18 @@ class SplatTrainer:
     @torch.no_grad()
     def render_views(self, ids: list[int]) -> Tensor:
         """(len(ids), 3, H, W) renders over the configured background, clamped to [0, 1]; training views with
-        their learned pose correction and colour transform, held-out views with neither."""
+        their learned pose correction and colour transform, held-out views as the written splat shows them
+        (:meth:`shown_gaussians`)."""
         bg = torch.tensor(self.config.background, dtype=torch.float32)
+        shown = self.shown_gaussians()
         images = []
         for i in ids:
-            rgb = self._render(i, bg).rgb[0]
-            if self.exposure is not None and i in self.train_ids:
-                rgb = self.exposure(rgb, i)
+            if self.exposure is not None and i not in self.train_ids:
+                rgb = render(shown, self.views.cameras[i:i + 1], background=bg, backend=self.config.backend).rgb[0]
+            else:
+                rgb = self._render(i, bg).rgb[0]
+                if self.exposure is not None:
+                    rgb = self.exposure(rgb, i)
             images.append(rgb.clamp(0, 1))
         return torch.stack(images)
 
@@ -405,10 +410,12 @@ class SplatTrainer:
     def view_records(self) -> list[dict]:
         """Per view: name, whether trained on, its colour transform [A | b] and camera-to-world (refined for
         training views under pose_refine)."""
-        from manyview.splat.appearance import identity_transforms
+        from manyview.splat.appearance import compose_transforms, identity_transforms, invert_transform
 
-        transforms = (self.exposure.transforms.detach() if self.exposure is not None
-                      else identity_transforms(len(self.views)))
+        transforms = identity_transforms(len(self.views))
+        if self.exposure is not None:  # relative to the written splat, whose colours hold the mean transform
+            to_splat = invert_transform(self.exposure.mean_transform(self.train_ids))
+            transforms = compose_transforms(self.exposure.transforms.detach(), to_splat)
         records = []
         for i in range(len(self.views)):
             trained = i in self.train_ids
@@ -593,6 +600,17 @@ class SplatTrainer:
             return {}
         return self.finish()
 
+    def shown_gaussians(self) -> Gaussians:
+        """The Gaussians as written and shown: under ``exposure``, with the training photos' mean colour transform
+        folded into their colours (a view without a transform of its own, held out or novel, gets that one)."""
+        gaussians = self.gaussians
+        if self.exposure is None:
+            return gaussians
+        from manyview.splat.appearance import fold_into_colours
+
+        dc, rest = fold_into_colours(gaussians.sh_dc, gaussians.sh_rest, self.exposure.mean_transform(self.train_ids))
+        return replace(gaussians, sh_dc=dc, sh_rest=rest)
+
     def finish(self) -> dict:
         """Write splat.ply and eval.json for the current Gaussians; returns the evaluation."""
         result = self.evaluate()
@@ -601,7 +619,7 @@ class SplatTrainer:
                        "resumed_from": self.resumed_from,
                        "history": self.history, "test_views": self.test_ids, "train_views": self.train_ids,
                        "config": _config_dict(self.config)})
-        write_ply(self.out_dir / PLY_NAME, self.gaussians)
+        write_ply(self.out_dir / PLY_NAME, self.shown_gaussians())
         from manyview.io.transforms_json import write_transforms_json
 
         names = [self.views.names[i] if i < len(self.views.names) else f"{i:05d}.png" for i in range(len(self.views))]

@@ -16,6 +16,23 @@ numba thread, so K ranks use K cores.
 
     python bench/splat_distributed.py                      # 200k Gaussians, 4 cameras 640x360, K = 1, 2
     python bench/splat_distributed.py --gaussians 20000 --steps 2 --out /tmp/quick.json   # a smoke run
+
+``--mode train`` measures the trainer itself (``ShardedSplatTrainer``, the code ``torchrun -m manyview splat`` runs):
+a synthetic object scene (``manyview.synth.generate``, ``--views`` views at ``--width`` x ``--height``), initial
+Gaussians from its points (``--gaussians`` of them), ``--steps`` steps of ``--batch-size`` views with densification
+on its default schedule scaled to the run (as ``manyview splat`` does), per rank: the Gaussian state (parameters, their
+gradients, Adam moments) after the last step, the peak resident-set increase during the steps, the median step time
+and the losses (the runs must agree: K ranks train the Gaussians of one):
+
+    python bench/splat_distributed.py --mode train --gaussians 100000 --views 16 --width 256 --height 192 \
+        --batch-size 4 --steps 20 --ranks 1 2       # -> bench/results/splat_distributed_train.json
+
+``--mode psnr`` is the end-to-end check: ``manyview synth`` writes an object scene, ``manyview splat`` trains it in
+one process and ``torchrun --nproc-per-node 2 -m manyview splat`` with two, with the same options; their held-out
+PSNRs (eval.json) must agree within 0.1 dB (the script exits 1 if not):
+
+    python bench/splat_distributed.py --mode psnr --views 16 --width 128 --height 96 --steps 500 --batch-size 2 \
+        --sh-degree 1                               # -> bench/results/splat_distributed_psnr.json
 """
 
 from __future__ import annotations
@@ -42,6 +59,8 @@ from manyview.profiling import MemoryMeter
 from manyview.scene import Cameras
 
 OUT = Path(__file__).resolve().parent / "results" / "splat_distributed.json"
+OUT_TRAIN = OUT.with_name("splat_distributed_train.json")
+OUT_PSNR = OUT.with_name("splat_distributed_psnr.json")
 
 
 def cameras_on_circle(n: int, width: int, height: int) -> Cameras:
@@ -105,6 +124,52 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out_dir:
     dist.destroy_process_group()
 
 
+def _train_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_dir: str) -> None:
+    """The splat trainer on ``world`` ranks (gloo) for ``args.steps`` steps: memory, step times, losses."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MANYVIEW_QUIET="1")
+    torch.set_num_threads(1)
+    import numba
+
+    numba.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=600))
+    from manyview.scene import Views
+    from manyview.splat.distributed_render import exchange_stats
+    from manyview.splat.sharded_trainer import ShardedSplatTrainer
+    from manyview.splat.trainer import SplatTrainConfig
+    from manyview.synth import generate
+
+    _, sample = generate(args.seed, kind="object", num_views=args.views, height=args.height, width=args.width)
+    views = Views(images=sample.images, cameras=sample.cameras, names=sample.names)
+    points = sample.point_cloud(max_points=args.gaussians)
+    config = SplatTrainConfig(iterations=args.steps, batch_size=args.batch_size, sh_degree=args.sh_degree,
+                              max_init_points=args.gaussians, checkpoint_every=0, scale_schedule=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = ShardedSplatTrainer(views, tmp, config, points=points)
+        del sample, points
+        gc.collect()
+        times, losses, sizes = [], [], []
+        with MemoryMeter("cpu") as meter, exchange_stats() as exchanged:
+            for _ in range(args.steps):
+                dist.barrier()
+                t0 = time.perf_counter()
+                info = trainer.train_step()
+                dist.barrier()
+                times.append(time.perf_counter() - t0)
+                losses.append(info["loss"])
+                sizes.append(len(trainer.params["means"]))
+    params = list(trainer.params.values())
+    state = [params, [p.grad for p in params if p.grad is not None],
+             [v for opt in trainer.optimizers.values() for s in opt.state.values() for v in s.values()
+              if torch.is_tensor(v) and v.dim() > 0]]
+    state_bytes = sum(t.to_local().numel() * t.element_size() for group in state for t in group)
+    result = {"rank": rank, "gaussians_local": len(params[0].to_local()), "gaussians_total": sizes,
+              "state_bytes": state_bytes, "peak_rss_increase_bytes": meter.increase_bytes,
+              "step_s_median": statistics.median(times), "step_s": times, "losses": losses,
+              "bytes_sent_per_step": exchanged["bytes_sent"] // args.steps}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,20 +178,71 @@ def _free_port() -> int:
 
 def run(world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, _free_port(), args, tmp), nprocs=world, join=True)
+        worker = _train_worker if args.mode == "train" else _worker
+        mp.spawn(worker, args=(world, _free_port(), args, tmp), nprocs=world, join=True)
         return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def psnr_check(args: argparse.Namespace) -> dict:
+    """``manyview splat`` on one process and on two (torchrun) on the same synthetic scene: held-out PSNRs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MANYVIEW_QUIET": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = Path(tmp, "scene")
+        subprocess.run([sys.executable, "-m", "manyview", "synth", "--kind", "object", "--views", str(args.views),
+                        "--height", str(args.height), "--width", str(args.width), "--seed", str(args.seed),
+                        "--out", str(dataset)], check=True, env=env, stdout=subprocess.DEVNULL)
+        options = ["splat", str(dataset), "--iterations", str(args.steps), "--batch-size", str(args.batch_size),
+                   "--sh-degree", str(args.sh_degree), "--checkpoint-every", "0", "--max-width", "0"]
+        launchers = {"1": [sys.executable, "-m", "manyview"],
+                     "2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "manyview"]}
+        runs = {}
+        for k, launcher in launchers.items():
+            out = Path(tmp, f"run{k}")
+            t0 = time.perf_counter()
+            subprocess.run([*launcher, *options, "--out", str(out)], check=True, env=env)
+            seconds = time.perf_counter() - t0
+            evaluation = json.loads((out / "eval.json").read_text())
+            runs[k] = {"psnr": evaluation["psnr"], "ssim": evaluation["ssim"], "gaussians": evaluation["gaussians"],
+                       "seconds": seconds}
+            print(f"{k} process(es): held-out PSNR {evaluation['psnr']:.4f} dB, {evaluation['gaussians']} Gaussians, "
+                  f"{seconds:.0f} s", flush=True)
+    difference = abs(runs["1"]["psnr"] - runs["2"]["psnr"])
+    return {"runs": runs, "psnr_difference_db": difference, "within_0_1_db": difference <= 0.1}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["render", "train", "psnr"], default="render",
+                        help="render: render + linear loss + Adam on random Gaussians; train: the splat trainer; "
+                             "psnr: manyview splat on 1 and 2 processes, held-out PSNR")
     parser.add_argument("--gaussians", type=int, default=200_000)
+    parser.add_argument("--views", type=int, default=16, help="train mode: views of the synthetic scene")
+    parser.add_argument("--batch-size", type=int, default=4, help="train mode: views per step")
+    parser.add_argument("--sh-degree", type=int, default=3, help="train mode")
+    parser.add_argument("--seed", type=int, default=0, help="train mode: the synthetic scene")
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {OUT} ({OUT_TRAIN.name} in train mode)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = {"train": OUT_TRAIN, "psnr": OUT_PSNR}.get(args.mode, OUT)
+    if args.mode == "psnr":
+        used = ("views", "width", "height", "steps", "batch_size", "sh_degree", "seed")  # what psnr_check reads
+        result = {"benchmark": "splat_distributed_psnr", "config": {k: getattr(args, k) for k in used},
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+                  **psnr_check(args)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"held-out PSNR difference {result['psnr_difference_db']:.5f} dB; wrote {args.out}")
+        raise SystemExit(0 if result["within_0_1_db"] else 1)
     runs = {}
     for world in args.ranks:
         ranks = run(world, args)
@@ -134,7 +250,7 @@ def main() -> None:
         runs[str(world)] = {"ranks": ranks, "step_s": per_step,
                             "state_bytes_max_rank": max(r["state_bytes"] for r in ranks),
                             "peak_rss_increase_max_rank": max(r["peak_rss_increase_bytes"] for r in ranks),
-                            "bytes_exchanged_per_step": sum(r["bytes_sent_per_step"] for r in ranks),
+                            "bytes_exchanged_per_step": sum(r.get("bytes_sent_per_step", 0) for r in ranks),
                             "losses": ranks[0]["losses"]}
         print(f"K={world}: step {per_step:.2f} s, state per rank {runs[str(world)]['state_bytes_max_rank'] / 2**20:.1f}"
               f" MiB, peak RSS increase per rank {runs[str(world)]['peak_rss_increase_max_rank'] / 2**20:.1f} MiB, "
@@ -144,8 +260,8 @@ def main() -> None:
         r["state_ratio"] = r["state_bytes_max_rank"] / base["state_bytes_max_rank"]
         r["peak_rss_ratio"] = r["peak_rss_increase_max_rank"] / max(base["peak_rss_increase_max_rank"], 1)
         r["loss_rel_diff_vs_first"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"], base["losses"]))
-    result = {"benchmark": "splat_distributed", "config": {k: (str(v) if isinstance(v, Path) else v)
-                                                           for k, v in vars(args).items()},
+    result = {"benchmark": "splat_distributed" + ("_train" if args.mode == "train" else ""),
+              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "load_average_at_end": os.getloadavg()},
               "runs": runs}

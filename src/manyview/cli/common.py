@@ -3,6 +3,7 @@ size of a novel-view model, and what an interrupted command that builds its outp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -46,4 +47,13 @@ def left_as_it_was(out: Path) -> str:
     return f"{out} was left as it was (it is built under a temporary name and renamed when complete)"
 
 
-__all__ = ["image_files", "left_as_it_was", "model_size"]
+def launcher_world_size() -> int:
+    """How many processes the launcher (torchrun) started: ``WORLD_SIZE``, 1 without one."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ManyviewError(f"environment variable WORLD_SIZE={value!r} is not an integer") from None
+
+
+__all__ = ["image_files", "launcher_world_size", "left_as_it_was", "model_size"]

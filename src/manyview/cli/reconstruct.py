@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ class Reconstruct:
         return left_as_it_was(self.out)
 
     def run(self) -> None:
-        from manyview.cli.common import image_files
+        from manyview.cli.common import image_files, launcher_world_size
         from manyview.io.atomic import check_output_folder
         from manyview.io.dataset import MARKER
         from manyview.recon.reconstruct import load_inputs, reconstruct, reconstruct_pairwise, select_views
@@ -338,15 +337,6 @@ class Reconstruct:
             kind = "fast3r" if "encoder_args" in checkpoint.config else "pairwise"
         cls = Fast3R if kind == "fast3r" else PairwiseNet
         return cls.from_checkpoint(checkpoint), kind, str(self.weights)
-
-
-def launcher_world_size() -> int:
-    """How many processes the launcher (torchrun) started: ``WORLD_SIZE``, 1 without one."""
-    value = os.environ.get("WORLD_SIZE", "1")
-    try:
-        return max(1, int(value))
-    except ValueError:
-        raise ManyviewError(f"environment variable WORLD_SIZE={value!r} is not an integer") from None
 
 
 def _check_image_sizes(files: list[Path], min_side: int) -> None:

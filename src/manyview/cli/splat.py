@@ -3,6 +3,7 @@
     manyview splat scene/ --out runs/scene_splat --iterations 7000
     manyview splat scene/ --out runs/scene_splat --iterations 30000 --resume
     manyview splat photos_posed/ --out runs/photos --exposure     # photos of differing exposure
+    torchrun --standalone --nproc-per-node 2 -m manyview splat scene/ --out runs/scene_splat --batch-size 4
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class Splat:
     For photos: --exposure learns a colour transform per training photo (held-out photos are rendered without
     one), --pose-refine corrects the training cameras, --far-points N adds a shell of points for distant
     background (with --densify.prune-scale-by-distance, so that it is not pruned for its world size).
+
+    --batch-size B renders B views per step (loss averaged over them). Under ``torchrun --nproc-per-node K -m
+    manyview splat ...`` the Gaussians are sharded over the K processes (gloo, on the CPU) and each renders B / K
+    of the batch's views: the same Gaussians as one process with the same B, to float rounding. Checkpoints are
+    then torch.distributed.checkpoint folders, resumable with any K (--resume without torchrun resumes them in
+    one process); splat.ply is streamed shard by shard. Not with --pose-refine.
     """
 
     dataset: tyro.conf.Positional[Path]
@@ -54,16 +61,46 @@ class Splat:
                 "splat.ply and eval.json are written at the end")
 
     def run(self) -> None:
+        from manyview.cli.common import launcher_world_size
         from manyview.splat.data import load_training_views
         from manyview.splat.trainer import SplatTrainer, check_run_folder
 
         check_run_folder(self.out)  # before the dataset is read: a refused folder costs nothing
+        if launcher_world_size() > 1 or (self.resume and _latest_checkpoint_is_sharded(self.out)):
+            return self._run_sharded()
         views, points = load_training_views(self.dataset, self.max_width)
         trainer = SplatTrainer(views, self.out, self.config, points=points)
+        self._report_start(trainer, views, points)
+        self._report_end(trainer, trainer.train(resume=self.resume))
+
+    def _run_sharded(self) -> None:
+        """Under ``torchrun --nproc-per-node K``: the Gaussians sharded over the K processes (gloo on the CPU);
+        every rank loads the dataset, rank 0 alone prints and writes the JSON files, all write the PLY together.
+        Also a run of one process resuming a checkpoint that processes under torchrun wrote."""
+        from manyview.splat.data import load_training_views
+        from manyview.splat.sharded_trainer import ShardedSplatTrainer
+        from manyview.train.config import ParallelConfig
+        from manyview.train.distributed import setup, teardown
+
+        env = setup(ParallelConfig(mode="ddp", backend="gloo"), "cpu")
+        try:
+            views, points = load_training_views(self.dataset, self.max_width)
+            trainer = ShardedSplatTrainer(views, self.out, self.config, points=points)
+            if env.is_main:
+                self._report_start(trainer, views, points,
+                                   f" on {env.world_size} process{'es' if env.world_size > 1 else ''}")
+            result = trainer.train(resume=self.resume, show_progress=env.is_main)
+            if env.is_main:
+                self._report_end(trainer, result)
+        finally:
+            teardown(env)
+
+    def _report_start(self, trainer, views, points, where: str = "") -> None:
         init = "random" if points is None else f"{len(points.xyz)} dataset points"
         print(f"training {len(trainer.train_ids)} views ({views.height}x{views.width}), {len(trainer.test_ids)} "
-              f"held out, from {init}")
-        result = trainer.train(resume=self.resume)
+              f"held out, from {init}{where}")
+
+    def _report_end(self, trainer, result: dict) -> None:
         if trainer.resumed_from is not None:
             print(f"resumed from the checkpoint at step {trainer.resumed_from}")
         scores = ", ".join(f"{k.upper()} {result[k]:.4f}" for k in ("psnr", "ssim", "lpips")
@@ -72,3 +109,11 @@ class Splat:
             scores += f" (PSNR {result['psnr_exposure_fitted']:.4f} with exposure fitted to each held-out photo)"
         print(f"wrote {self.out / 'splat.ply'} ({result['gaussians']} Gaussians, {result['step']} steps, "
               f"{result['train_seconds']:.0f} s){'; held-out ' + scores if scores else ''}")
+
+
+def _latest_checkpoint_is_sharded(out: Path) -> bool:
+    """Whether OUT's latest checkpoint was written under torchrun (torch.distributed.checkpoint)."""
+    from manyview.splat.trainer import CHECKPOINT_DIR, SHARDED_STATE_DIR
+
+    found = sorted((out / CHECKPOINT_DIR).glob("step_[0-9]*")) if (out / CHECKPOINT_DIR).is_dir() else []
+    return bool(found) and (found[-1] / SHARDED_STATE_DIR).is_dir()

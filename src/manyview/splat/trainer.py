@@ -1,6 +1,7 @@
 """Training Gaussians from posed images, the 3DGS recipe.
 
-Per step: one training view (a random permutation per epoch), render, loss ``(1 - l) L1 + l (1 - SSIM)``
+Per step: ``batch_size`` training views (default one; drawn from a random permutation per epoch), rendered in
+one call, loss averaged over them of ``(1 - l) L1 + l (1 - SSIM)``
 (``lambda_dssim = 0.2``, SSIM with the 11-tap Gaussian window of ``manyview.metrics.image.ssim``, which is
 differentiable), Adam per parameter with 3DGS's learning rates (means: ``1.6e-4 x extent`` decaying
 exponentially to ``1.6e-6 x extent``), SH degree raised by one every 1000 steps, densification by
@@ -56,6 +57,7 @@ PLY_NAME = "splat.ply"
 EVAL_NAME = "eval.json"
 CAMERAS_NAME = "transforms.json"  # the dataset's cameras, for ``manyview render --orbit``
 VIEWS_NAME = "views.json"  # per-view colour transforms and refined cameras
+SHARDED_STATE_DIR = "sharded"  # in a checkpoint written under torchrun: torch.distributed.checkpoint's files
 RUN_NAMES = (CHECKPOINT_DIR, PLY_NAME, EVAL_NAME, CAMERAS_NAME, VIEWS_NAME)  # everything a run writes into its folder
 
 
@@ -64,7 +66,10 @@ class SplatTrainConfig:
     """One splat training run (``manyview splat`` takes its options from these fields)."""
 
     iterations: int = 30_000
-    """Optimisation steps (one training view each)."""
+    """Optimisation steps (``batch_size`` training views each)."""
+    batch_size: int = 1
+    """Training views per step, rendered together; the loss averages over them and densification counts each
+    view separately (gsplat's batches). Learning rates and the schedule are per step, as in gsplat."""
     sh_degree: int = 3
     """Highest spherical-harmonics degree of the colours (0..3)."""
     sh_increase_every: int = 1000
@@ -123,6 +128,7 @@ class SplatTrainConfig:
 
     def __post_init__(self):
         require(self.iterations >= 1, "iterations", "at least 1", self.iterations)
+        require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         require(0 <= self.sh_degree <= 3, "sh_degree", "between 0 and 3", self.sh_degree)
         for name in ("sh_increase_every", "test_every", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 0, name, "at least 0", getattr(self, name))
@@ -263,13 +269,8 @@ class SplatTrainer:
                 raise ManyviewError(f"the initial Gaussians have NaN or infinite {name}")
         if len(g) == 0:
             raise ManyviewError("no initial Gaussians")
-        self.params: dict[str, torch.nn.Parameter] = {n: torch.nn.Parameter(getattr(g, n).clone()) for n in PARAMETER_NAMES}
-        lrs = {"means": config.lr_means_at(0, self.extent), "log_scales": config.lr_scaling,
-               "quats": config.lr_rotation, "opacity_logits": config.lr_opacity, "sh_dc": config.lr_sh_dc,
-               "sh_rest": config.lr_sh_rest}
-        # fused Adam: the same update as the default loop in one kernel per tensor (7x faster on a CPU here)
-        self.optimizers = {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15, fused=True)
-                           for n in PARAMETER_NAMES}
+        self.params: dict[str, torch.nn.Parameter] = self._parameters(g)
+        self.optimizers = self._make_optimizers()
         # per-view parameters (exposure, pose corrections): an Adam per view, stepped only when its view is
         # rendered, outside the per-Gaussian edits of the densification strategy
         self.exposure = ExposureCompensation(len(views)) if config.exposure else None
@@ -295,6 +296,18 @@ class SplatTrainer:
         self.resumed_from: int | None = None  # the checkpoint step train(resume=True) continued from
 
     # ----------------------------------------------------------------- state
+    def _parameters(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
+        """The trained tensors (a subclass keeps them elsewhere: sharded across processes)."""
+        return {n: torch.nn.Parameter(getattr(g, n).clone()) for n in PARAMETER_NAMES}
+
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per parameter tensor with 3DGS's learning rates."""
+        cfg = self.config
+        lrs = {"means": cfg.lr_means_at(0, self.extent), "log_scales": cfg.lr_scaling, "quats": cfg.lr_rotation,
+               "opacity_logits": cfg.lr_opacity, "sh_dc": cfg.lr_sh_dc, "sh_rest": cfg.lr_sh_rest}
+        # fused Adam: the same update as the default loop in one kernel per tensor (7x faster on a CPU here)
+        return {n: torch.optim.Adam([self.params[n]], lr=lrs[n], eps=1e-15, fused=True) for n in PARAMETER_NAMES}
+
     @property
     def gaussians(self) -> Gaussians:
         return Gaussians.from_dict({n: p.detach() for n, p in self.params.items()})
@@ -318,44 +331,62 @@ class SplatTrainer:
 
     # ----------------------------------------------------------------- one step
     def train_step(self) -> dict:
-        """One optimisation step; returns {'loss', 'psnr', 'skipped', **densification report}."""
+        """One optimisation step on ``batch_size`` views; returns {'loss', 'psnr', 'skipped', **densification
+        report} (loss and PSNR averaged over the views)."""
         cfg = self.config
         self.step += 1
         step = self.step
         self.optimizers["means"].param_groups[0]["lr"] = cfg.lr_means_at(step, self.extent)
-        i = self._next_view()
+        ids = [self._next_view() for _ in range(cfg.batch_size)]
         background = self._background()
         degree = min(cfg.sh_degree, step // cfg.sh_increase_every) if cfg.sh_increase_every > 0 else cfg.sh_degree
-        out = self._render(i, background, degree)
-        self.strategy.step_pre_backward(out)
-        gt = self.views.images[i].to(out.rgb)
-        pred = self.exposure(out.rgb[0], i) if self.exposure is not None else out.rgb[0]
-        loss = self.loss(pred, gt)
-        optimizers = [*self.optimizers.values(), *(opts[i] for opts in self.view_optimizers.values())]
+        outs = self._render_batch(ids, background, degree)
+        self.strategy.step_pre_backward(outs)
+        rgbs = [o.rgb[k] for o in outs for k in range(o.rgb.shape[0])]  # one (3, H, W) per view of ids
+        gts = [self.views.images[i].to(rgb) for i, rgb in zip(ids, rgbs)]
+        preds = [self.exposure(rgb, i) if self.exposure is not None else rgb for i, rgb in zip(ids, rgbs)]
+        losses = [self.loss(pred, gt) for pred, gt in zip(preds, gts)]
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        unique = list(dict.fromkeys(ids))  # a batch across an epoch's end may hold a view twice
+        optimizers = [*self.optimizers.values(), *(opts[i] for opts in self.view_optimizers.values() for i in unique)]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return self._skip(step, "loss")
         loss.backward()
-        grads = [p.grad for p in self.params.values()] + [params[i].grad for params in self.view_params.values()]
-        if not _all_finite(grads + [out.means2d.grad]):
+        grads = [p.grad for p in self.params.values()] + [params[i].grad for params in self.view_params.values()
+                                                          for i in unique]
+        if not _all_finite(grads + [o.means2d.grad for o in outs]):
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             return self._skip(step, "gradients")
         for opt in optimizers:
             opt.step()
-        report = self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, out,
-                                                  scene_scale=self.extent, generator=self.generator,
-                                                  scene_center=self.center)
+        report = self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step,
+                                                  outs[0] if len(outs) == 1 else outs, scene_scale=self.extent,
+                                                  generator=self.generator, scene_center=self.center)
         with torch.no_grad():
-            value = psnr(out.rgb[0].detach().clamp(0, 1), gt).item()
-        return {"loss": loss.item(), "psnr": value, "skipped": False, **report}
+            values = [psnr(rgb.detach().clamp(0, 1), gt).item() for rgb, gt in zip(rgbs, gts)]
+        return {"loss": loss.item(), "psnr": sum(values) / len(values), "skipped": False, **report}
+
+    def _render_batch(self, ids: list[int], background: Tensor, degree: int) -> list:
+        """The step's renders: one call for all of ``ids`` (its outputs (B, ...)), or one call per view under
+        pose refinement (each view moves the world by its own correction)."""
+        if self.pose is not None or len(ids) == 1:
+            return [self._render(i, background, degree) for i in ids]
+        g = Gaussians.from_dict(self.params)
+        return [render(g, self.views.cameras[torch.tensor(ids)], background=background, sh_degree=degree,
+                       backend=self.config.backend)]
 
     def _render(self, i: int, background: Tensor, degree: int | None = None):
         """Render view ``i`` with its pose correction when it has one (training views under pose_refine)."""
         g = Gaussians.from_dict(self.params)
         if self.pose is not None and i in self.train_ids:
             g = self.pose(g, self.views.cameras.c2w[i], i)
+        return self._render_store(g, i, background, degree)
+
+    def _render_store(self, g, i: int, background: Tensor, degree: int | None = None):
+        """Render the Gaussians ``g`` from view ``i``'s camera as given."""
         return render(g, self.views.cameras[i:i + 1], background=background, sh_degree=degree,
                       backend=self.config.backend)
 
@@ -377,7 +408,7 @@ class SplatTrainer:
         images = []
         for i in ids:
             if self.exposure is not None and i not in self.train_ids:
-                rgb = render(shown, self.views.cameras[i:i + 1], background=bg, backend=self.config.backend).rgb[0]
+                rgb = self._render_store(shown, i, bg).rgb[0]
             else:
                 rgb = self._render(i, bg).rgb[0]
                 if self.exposure is not None:
@@ -445,31 +476,33 @@ class SplatTrainer:
             save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "gaussians.safetensors"))
             save_file(moments, str(tmp / "optimizer.safetensors"))
             save_file({k: v.contiguous() for k, v in self.strategy_state.items()}, str(tmp / "strategy.safetensors"))
-            view_state = {}
-            for name, params in self.view_params.items():
-                view_state[name] = torch.stack([p.detach() for p in params]).contiguous()
-                for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
-                    for key, value in opt.state.get(param, {}).items():
-                        view_state[f"{name}.{i}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-            if view_state:  # a run without per-view parameters writes none (and its resume needs none)
-                save_file(view_state, str(tmp / VIEW_STATE_NAME))
-            torch.save({"step": self.step, "order": list(self.order), "generator": self.generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "skipped": list(self.skipped),
-                        "history": json.dumps(self.history), "train_time": self.train_time,
-                        "num_views": len(self.views), "config": json.dumps(_config_dict(self.config))},
-                       tmp / "state.pt")
+            self._write_run_state(tmp)
         for old in self.checkpoint_dirs():
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
         return path
 
-    def load_checkpoint(self, path: str | os.PathLike | None = None) -> int:
-        """Restore from ``path`` (default: the latest checkpoint in out_dir); returns the restored step.
+    def _write_run_state(self, folder: Path) -> None:
+        """state.pt (step, view order, RNG states, history, ...) and the per-view parameters into ``folder``."""
+        from safetensors.torch import save_file
 
-        A damaged or foreign checkpoint raises ManyviewError naming the file and saying how to go on; nothing
-        of this trainer changes unless the whole checkpoint fits it."""
-        from manyview.io.tensor_files import read_pickle, read_safetensors, sniff_format
+        view_state = {}
+        for name, params in self.view_params.items():
+            view_state[name] = torch.stack([p.detach() for p in params]).contiguous()
+            for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
+                for key, value in opt.state.get(param, {}).items():
+                    view_state[f"{name}.{i}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+        if view_state:  # a run without per-view parameters writes none (and its resume needs none)
+            save_file(view_state, str(folder / VIEW_STATE_NAME))
+        torch.save({"step": self.step, "order": list(self.order), "generator": self.generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "skipped": list(self.skipped),
+                    "history": json.dumps(self.history), "train_time": self.train_time,
+                    "num_views": len(self.views), "config": json.dumps(_config_dict(self.config))},
+                   folder / "state.pt")
 
+    def _checkpoint_to_load(self, path: str | os.PathLike | None):
+        """(path, damaged): the checkpoint to restore (default: the latest in out_dir) and a function making the
+        ManyviewError for a damaged file of it, saying how to go on."""
         found = self.checkpoint_dirs()
         if path is None:
             if not found:
@@ -483,46 +516,44 @@ class SplatTrainer:
         def damaged(file: Path, what: str) -> ManyviewError:
             return ManyviewError(f"this checkpoint is damaged: {what}; {how}", file)
 
-        files = {name: path / name for name in ("gaussians.safetensors", "optimizer.safetensors",
-                                                 "strategy.safetensors", "state.pt")}
-        for file in files.values():
-            if not file.is_file():
-                raise damaged(file, "this file of the checkpoint is missing")
-        if sniff_format(files["state.pt"]) != "pickle":
-            raise damaged(files["state.pt"], "not a PyTorch file (truncated or overwritten?)")
-        try:
-            tensors = read_safetensors(files["gaussians.safetensors"])[0]
-            moments = read_safetensors(files["optimizer.safetensors"])[0]
-            strategy_state = read_safetensors(files["strategy.safetensors"])[0]
-            state = read_pickle(files["state.pt"], what="checkpoint state")
-        except ManyviewError as exc:  # names the file that cannot be read
-            raise damaged(Path(exc.path) if exc.path else path, exc.message) from None
-        missing = [n for n in PARAMETER_NAMES if n not in tensors]
-        if missing or len({tensors[n].shape[0] for n in PARAMETER_NAMES}) != 1:
-            raise damaged(files["gaussians.safetensors"], f"not a set of Gaussians (missing {missing})" if missing
-                          else "the Gaussian parameters disagree in their count")
-        keys = ("step", "order", "generator", "torch_rng", "skipped", "history", "train_time", "num_views")
-        if not isinstance(state, dict) or any(k not in state for k in keys):
-            raise damaged(files["state.pt"], "not a splat trainer state")
-        degree = math.isqrt(tensors["sh_rest"].shape[1] + 1) - 1 if tensors["sh_rest"].ndim == 3 else -1
+        return path, damaged
+
+    def _check_sh_degree(self, degree: int, path: Path) -> None:
         if degree != self.config.sh_degree:
             raise ManyviewError(f"this checkpoint has SH degree {degree} but the run asks for {self.config.sh_degree}; "
                                 f"resume with sh_degree {degree} (--sh-degree {degree}), or start over without "
                                 "--resume", path)
+
+    def _read_run_state(self, path: Path, damaged) -> tuple[dict, dict]:
+        """The checkpoint's state.pt and per-view parameters, checked against this run: (run state, view state).
+        Changes nothing."""
+        from manyview.io.tensor_files import read_pickle, read_safetensors, sniff_format
+
+        file = path / "state.pt"
+        if not file.is_file():
+            raise damaged(file, "this file of the checkpoint is missing")
+        if sniff_format(file) != "pickle":
+            raise damaged(file, "not a PyTorch file (truncated or overwritten?)")
+        try:
+            state = read_pickle(file, what="checkpoint state")
+        except ManyviewError as exc:  # names the file that cannot be read
+            raise damaged(Path(exc.path) if exc.path else path, exc.message) from None
+        keys = ("step", "order", "generator", "torch_rng", "skipped", "history", "train_time", "num_views")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise damaged(file, "not a splat trainer state")
         if state["num_views"] != len(self.views):
             raise ManyviewError(f"checkpoint was trained on {state['num_views']} views, this dataset has "
                                 f"{len(self.views)}", path)
-        generator = torch.Generator()
         try:
+            generator = torch.Generator()
             generator.set_state(state["generator"])
-            torch_rng = torch.Generator()
-            torch_rng.set_state(state["torch_rng"])
-            order = [int(i) for i in state["order"]]
-            skipped = [int(i) for i in state["skipped"]]
-            history = json.loads(state["history"])
-            step, train_time = int(state["step"]), float(state["train_time"])
+            torch.Generator().set_state(state["torch_rng"])
+            run = {"generator": generator, "torch_rng": state["torch_rng"],
+                   "order": [int(i) for i in state["order"]], "skipped": [int(i) for i in state["skipped"]],
+                   "history": json.loads(state["history"]), "step": int(state["step"]),
+                   "train_time": float(state["train_time"]), "state": state}
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise damaged(files["state.pt"], f"its contents do not fit a splat trainer state ({type(exc).__name__})")
+            raise damaged(file, f"its contents do not fit a splat trainer state ({type(exc).__name__})")
         view_file = path / VIEW_STATE_NAME
         view_state = {}
         if self.view_params:
@@ -538,18 +569,14 @@ class SplatTrainer:
                 if name not in view_state or view_state[name].shape != (len(params), *params[0].shape):
                     raise ManyviewError(f"this checkpoint has no {name} parameters for these {len(self.views)} "
                                         "views; resume with the same settings, or start over without --resume", path)
-        if any(i not in self.train_ids for i in order):
+        if any(i not in self.train_ids for i in run["order"]):
             raise ManyviewError("the checkpoint's remaining view order names views this run does not train on "
                                 "(a different test_every?); resume with the same settings, or start over without "
                                 "--resume", path)
-        self.params = {n: torch.nn.Parameter(tensors[n].clone()) for n in PARAMETER_NAMES}
-        for name, opt in self.optimizers.items():
-            opt.param_groups[0]["params"] = [self.params[name]]
-            opt.state.clear()
-            own = {k.split(".", 1)[1]: v.clone() for k, v in moments.items() if k.split(".", 1)[0] == name}
-            if own:
-                opt.state[self.params[name]] = own
-        self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
+        return run, view_state
+
+    def _apply_run_state(self, run: dict, view_state: dict) -> None:
+        """Restore what ``_read_run_state`` read (after the Gaussians and their optimisers)."""
         with torch.no_grad():
             for name, params in self.view_params.items():
                 for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
@@ -559,14 +586,54 @@ class SplatTrainer:
                     own = {k[len(prefix):]: v.clone() for k, v in view_state.items() if k.startswith(prefix)}
                     if own:
                         opt.state[param] = own
-        self.step = step
-        self.order = order
-        self.generator.set_state(generator.get_state())
-        torch.set_rng_state(state["torch_rng"])
-        self.skipped = skipped
-        self.history = history
-        self.train_time = train_time
+        self.step = run["step"]
+        self.order = run["order"]
+        self.generator.set_state(run["generator"].get_state())
+        torch.set_rng_state(run["torch_rng"])
+        self.skipped = run["skipped"]
+        self.history = run["history"]
+        self.train_time = run["train_time"]
         self.optimizers["means"].param_groups[0]["lr"] = self.config.lr_means_at(self.step, self.extent)
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> int:
+        """Restore from ``path`` (default: the latest checkpoint in out_dir); returns the restored step.
+
+        A damaged or foreign checkpoint raises ManyviewError naming the file and saying how to go on; nothing
+        of this trainer changes unless the whole checkpoint fits it."""
+        from manyview.io.tensor_files import read_safetensors
+
+        path, damaged = self._checkpoint_to_load(path)
+        if (path / SHARDED_STATE_DIR).is_dir():
+            raise ManyviewError("this checkpoint was written by processes started with torchrun (torch.distributed."
+                                "checkpoint); resume it with manyview splat --resume (under torchrun with any "
+                                "number of processes, or without) or ShardedSplatTrainer", path)
+        files = {name: path / name for name in ("gaussians.safetensors", "optimizer.safetensors",
+                                                 "strategy.safetensors", "state.pt")}
+        for file in files.values():
+            if not file.is_file():
+                raise damaged(file, "this file of the checkpoint is missing")
+        run, view_state = self._read_run_state(path, damaged)
+        try:
+            tensors = read_safetensors(files["gaussians.safetensors"])[0]
+            moments = read_safetensors(files["optimizer.safetensors"])[0]
+            strategy_state = read_safetensors(files["strategy.safetensors"])[0]
+        except ManyviewError as exc:  # names the file that cannot be read
+            raise damaged(Path(exc.path) if exc.path else path, exc.message) from None
+        missing = [n for n in PARAMETER_NAMES if n not in tensors]
+        if missing or len({tensors[n].shape[0] for n in PARAMETER_NAMES}) != 1:
+            raise damaged(files["gaussians.safetensors"], f"not a set of Gaussians (missing {missing})" if missing
+                          else "the Gaussian parameters disagree in their count")
+        self._check_sh_degree(math.isqrt(tensors["sh_rest"].shape[1] + 1) - 1 if tensors["sh_rest"].ndim == 3
+                              else -1, path)
+        self.params = {n: torch.nn.Parameter(tensors[n].clone()) for n in PARAMETER_NAMES}
+        for name, opt in self.optimizers.items():
+            opt.param_groups[0]["params"] = [self.params[name]]
+            opt.state.clear()
+            own = {k.split(".", 1)[1]: v.clone() for k, v in moments.items() if k.split(".", 1)[0] == name}
+            if own:
+                opt.state[self.params[name]] = own
+        self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
+        self._apply_run_state(run, view_state)
         return self.step
 
     # ----------------------------------------------------------------- the loop
@@ -600,6 +667,21 @@ class SplatTrainer:
             return {}
         return self.finish()
 
+    def finish(self) -> dict:
+        """Write splat.ply and eval.json for the current Gaussians; returns the evaluation."""
+        result = self.evaluate()
+        result.update({"step": self.step, "gaussians": len(self.params["means"]), "train_seconds": self.train_time,
+                       "seconds_per_step": self.train_time / max(self.step, 1), "skipped_steps": self.skipped,
+                       "resumed_from": self.resumed_from,
+                       "history": self.history, "test_views": self.test_ids, "train_views": self.train_ids,
+                       "config": _config_dict(self.config)})
+        self._write_ply(self.out_dir / PLY_NAME)
+        if self._writes_files:
+            self._write_results(result)
+        return result
+
+    _writes_files = True  # whether this process writes the run's files (under torchrun: rank 0 alone)
+
     def shown_gaussians(self) -> Gaussians:
         """The Gaussians as written and shown: under ``exposure``, with the training photos' mean colour transform
         folded into their colours (a view without a transform of its own, held out or novel, gets that one)."""
@@ -611,15 +693,10 @@ class SplatTrainer:
         dc, rest = fold_into_colours(gaussians.sh_dc, gaussians.sh_rest, self.exposure.mean_transform(self.train_ids))
         return replace(gaussians, sh_dc=dc, sh_rest=rest)
 
-    def finish(self) -> dict:
-        """Write splat.ply and eval.json for the current Gaussians; returns the evaluation."""
-        result = self.evaluate()
-        result.update({"step": self.step, "gaussians": len(self.params["means"]), "train_seconds": self.train_time,
-                       "seconds_per_step": self.train_time / max(self.step, 1), "skipped_steps": self.skipped,
-                       "resumed_from": self.resumed_from,
-                       "history": self.history, "test_views": self.test_ids, "train_views": self.train_ids,
-                       "config": _config_dict(self.config)})
-        write_ply(self.out_dir / PLY_NAME, self.shown_gaussians())
+    def _write_ply(self, path: Path) -> None:
+        write_ply(path, self.shown_gaussians())
+
+    def _write_results(self, result: dict) -> None:
         from manyview.io.transforms_json import write_transforms_json
 
         names = [self.views.names[i] if i < len(self.views.names) else f"{i:05d}.png" for i in range(len(self.views))]
@@ -629,7 +706,6 @@ class SplatTrainer:
                        "views": self.view_records()}, f, indent=1)
         with atomic_open(self.out_dir / EVAL_NAME, "w") as f:
             json.dump(result, f, indent=2)
-        return result
 
 
 def _config_dict(config: SplatTrainConfig) -> dict:

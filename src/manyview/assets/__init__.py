@@ -15,13 +15,11 @@ BUNDLED: dict[str, str] = {
     "fast3r": "fast3r_bundled",
     "lvsm": "lvsm_bundled",
     "efficient-lvsm": "efficient_lvsm_bundled",
-    "condense": "condense_bundled",
 }
 
 
 def bundled_path(model: str) -> Path:
-    """Where the bundled ``model`` ('fast3r', 'lvsm', 'efficient-lvsm', 'condense') lives, whether or not it is
-    installed."""
+    """Where the bundled ``model`` (a key of :data:`BUNDLED`) lives, whether or not it is installed."""
     if model not in BUNDLED:
         raise ValueError(f"no bundled model is called {model!r}; expected one of {', '.join(BUNDLED)}")
     return Path(str(resources.files(__name__).joinpath(BUNDLED[model])))

@@ -29,8 +29,8 @@ class Splat:
     --pose-refine) and OUT/checkpoints/ (the latest checkpoint; --resume continues from it). OUT must be new,
     empty or an earlier run's. Ctrl-C keeps the checkpoints written so far.
 
-    For photos: --exposure learns a colour transform per training photo (held-out photos are rendered without
-    one), --pose-refine corrects the training cameras, --far-points N adds a shell of points for distant
+    For photos: --exposure learns a colour transform per training photo (splat.ply holds their mean, which
+    held-out and novel views get), --pose-refine corrects the training cameras, --far-points N adds a shell of points for distant
     background (with --densify.prune-scale-by-distance, so that it is not pruned for its world size).
 
     --batch-size B renders B views per step (loss averaged over them). Under ``torchrun --nproc-per-node K -m

@@ -46,7 +46,7 @@ class RunConfig:
     """Splat rasterizer (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
     exposure: bool = True
     """Learn a colour transform per training photo (photos whose exposure or white balance differ; --no-exposure
-    turns it off); held-out photos are rendered without one."""
+    turns it off); splat.ply holds their mean, which held-out and novel views get."""
     far_points: int | None = None
     """Initial Gaussians on a far shell round the cameras, coloured from the photos, for sky and distant background
     that SfM leaves without points (their size is then pruned relative to their distance); 0 adds none; default

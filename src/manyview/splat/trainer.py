@@ -111,7 +111,8 @@ class SplatTrainConfig:
     seed: int = 0
     exposure: bool = False
     """Learn an affine colour transform per training photo (3DGS's exposure), for photos whose exposure and white
-    balance differ; held-out views are rendered without one."""
+    balance differ; the written splat holds their mean (:meth:`SplatTrainer.shown_gaussians`), which held-out
+    views get."""
     lr_exposure: float = 1e-3
     """Adam learning rate of the colour transforms."""
     pose_refine: bool = False

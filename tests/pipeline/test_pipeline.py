@@ -201,12 +201,12 @@ def test_the_splat_steps_default_to_those_of_the_photos():
     assert PipelineRun([], "unused").config.iterations == DEFAULT_ITERATIONS
 
 
-def test_real_photos_get_a_far_shell_and_exposure_by_default_and_the_sample_no_shell():
+def test_real_photos_get_a_far_shell_and_exposure_by_default_and_the_sample_neither():
     from manyview.pipeline.config import DEFAULT_FAR_POINTS
 
     photos = RunConfig().resolved()
     assert photos.far_points == DEFAULT_FAR_POINTS > 0 and photos.exposure
-    assert RunConfig().resolved(sample=True).far_points == 0
+    assert RunConfig().resolved(sample=True).far_points == 0 and not RunConfig().resolved(sample=True).exposure
     assert RunConfig(far_points=0).resolved().far_points == 0  # what the user says wins
     assert not RunConfig(exposure=False).resolved().exposure
 

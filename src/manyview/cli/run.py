@@ -37,7 +37,8 @@ class Run:
     """Output folder (new, empty, or an earlier run's)."""
     sample: bool = False
     """Run on the embedded sample photos (16 synthetic 192 x 192 photos round an object, on a half orbit; 1500
-    splat steps unless --iterations says otherwise) instead of PHOTOS."""
+    splat steps unless --iterations says otherwise; no far shell and no per-photo exposure, which renders of one
+    exposure on an empty background do not need) instead of PHOTOS."""
     resume: bool = False
     """Continue the earlier run in OUT from its first unfinished stage (same photos and options)."""
     config: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)

@@ -321,7 +321,8 @@ def cmd_table(args) -> None:
                          "diagnose": {k: v for k, v in diag.items() if k != "held_out"} or None})
         bench = args.root / f"{scene}_run" / "bench.json"
         if bench.is_file():
-            runs.append({"scene": scene, "name": "manyview run", **json.loads(bench.read_text())})
+            runs.append({"scene": scene, "name": "manyview run", **json.loads(bench.read_text()),
+                         **run_stages(args.root / f"{scene}_run")})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "runs": runs}, indent=1))
@@ -331,6 +332,23 @@ def cmd_table(args) -> None:
 
     write_table("run_real", markdown_table(runs), heading="Real photos (`bench/run_real.py`)")
     print(json.dumps(runs, indent=1))
+
+
+def run_stages(run_dir: Path) -> dict:
+    """What a `manyview run` folder's stages recorded: seconds per stage (summed over resumed sessions by the
+    stages themselves), the splat's steps and Gaussians, the held-out PSNR with exposure fitted, the options."""
+    stages = {}
+    for name in ("poses", "splat", "evaluate", "orbit"):
+        f = run_dir / name / "stage.json"
+        if f.is_file():
+            stages[name] = json.loads(f.read_text())
+    splat = stages.get("splat", {}).get("info", {})
+    options = json.loads((run_dir / "run.json").read_text()).get("options", {}) if (run_dir / "run.json").is_file() \
+        else {}
+    return {"stage_seconds": {k: v["seconds"] for k, v in stages.items()}, "steps": splat.get("steps"),
+            "gaussians": splat.get("gaussians"), "resumed_from": splat.get("resumed_from"),
+            "psnr_exposure_fitted": stages.get("evaluate", {}).get("info", {}).get("psnr_exposure_fitted"),
+            "options": {k: options[k] for k in ("exposure", "far_points") if k in options}}
 
 
 def unfinished_record(run: Path, diag: dict) -> dict:
@@ -361,8 +379,13 @@ def markdown_table(runs: list[dict]) -> str:
              "PSNR by step |", "|" + "---|" * 15]
     for r in runs:
         if r["name"] == "manyview run":
-            lines.append(f"| {r['scene']} | `manyview run` (defaults) | - | - | - | **{f(r['psnr'])}** | - | "
-                         f"{f(r['ssim'], 3)} | {f(r.get('train_psnr'))} | - | - | - | - | {r['wall_s']:.0f} (wall) | - |")
+            options = ", ".join(f"{k}={v}" for k, v in (r.get("options") or {}).items())
+            seconds = r.get("stage_seconds") or {}
+            total = f"{sum(seconds.values()):.0f} (stages)" if seconds else f"{r['wall_s']:.0f} (wall)"
+            gaussians = "-" if r.get("gaussians") is None else format(r["gaussians"], ",")
+            lines.append(f"| {r['scene']} | `manyview run` (defaults) | {options or '-'} | {r.get('steps') or '-'} | "
+                         f"{gaussians} | **{f(r['psnr'])}** | {f(r.get('psnr_exposure_fitted'))} | "
+                         f"{f(r['ssim'], 3)} | {f(r.get('train_psnr'))} | - | - | - | - | {total} | - |")
             continue
         d = dict(r["diagnose"] or {})
         if not d.get("pose_steps"):  # no pose was fitted
@@ -372,7 +395,7 @@ def markdown_table(runs: list[dict]) -> str:
         history = ", ".join(f"{h['step']}: {h['psnr']:.2f}" for h in r["history"] or [])
         seen = (f"{f(d.get('psnr_seen'))} / {f(d.get('psnr_unseen'))} ({100 * d['seen_fraction']:.0f} %)"
                 if d.get("seen_fraction") is not None else "-")
-        steps = r["steps"] if r["steps"] == r["options"].get("iterations") else f"{r['steps']} (running)"
+        steps = r["steps"] if r["steps"] == r["options"].get("iterations") else f"{r['steps']} (stopped)"
         lines.append(f"| {r['scene']} | {r['name']} | {options} | {steps} | {'-' if r['gaussians'] is None else format(r['gaussians'], ',')} | "
                      f"**{f(r['psnr'])}** | {f(r['psnr_exposure_fitted'])} | {f(r['ssim'], 3)} | "
                      f"{f(d.get('train_psnr'))} | {f(d.get('psnr_pose_fitted'))} | "

@@ -9,7 +9,6 @@ an in-memory store.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from splat_spawn import spawn_ranks
 
 from manyview.errors import ManyviewError
 from manyview.splat import Gaussians, RenderSettings, render
@@ -209,21 +209,11 @@ def _run_cases(rank: int, results: dict) -> None:
     results["errors"] = errors
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each of the two ranks computed (one spawn for the whole module)."""
     out = tmp_path_factory.mktemp("sharded")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    results = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
-    return results
+    return spawn_ranks(_worker, WORLD, out)
 
 
 # ------------------------------------------------------------------------------------------------ checks

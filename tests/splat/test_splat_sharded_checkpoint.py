@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from splat_spawn import spawn_ranks
 
 from manyview.scene import Views
 from manyview.splat import DensifyStrategy
@@ -109,18 +109,8 @@ def _run(rank: int, world: int, root: Path, results: dict) -> None:
             results["damaged"] = str(exc)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, root: Path) -> list[dict]:
-    mp.spawn(_worker, args=(world, _free_port(), str(root)), nprocs=world, join=True)
-    results = [torch.load(root / f"world{world}_rank{r}.pt", weights_only=False) for r in range(world)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"world {world} rank {r} failed:\n{res['error']}"
-    return results
+    return spawn_ranks(_worker, world, root, f"world{world}_rank{{rank}}.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")

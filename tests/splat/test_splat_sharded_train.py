@@ -8,7 +8,6 @@ Two processes are spawned once for the module; each runs every case and saves wh
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from splat_spawn import spawn_ranks
 
 from manyview.scene import Views
 from manyview.splat import DensifyStrategy
@@ -96,20 +96,10 @@ def _run_cases(rank: int, out: Path, results: dict) -> None:
         results["mismatch"] = str(exc)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded_train")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    results = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
-    return results
+    return spawn_ranks(_worker, WORLD, out, weights_only=False)
 
 
 @pytest.fixture(scope="module")

@@ -123,12 +123,7 @@ class ShardedSplatTrainer(SplatTrainer):
 
     def train_step(self) -> dict:
         cfg = self.config
-        self.step += 1
-        step = self.step
-        self.optimizers["means"].param_groups[0]["lr"] = cfg.lr_means_at(step, self.extent)
-        ids = [self._next_view() for _ in range(cfg.batch_size)]
-        background = self._background()
-        degree = min(cfg.sh_degree, step // cfg.sh_increase_every) if cfg.sh_increase_every > 0 else cfg.sh_degree
+        step, ids, background, degree = self._begin_step()
         out = render(ShardedGaussians.from_dict(self.params), self.views.cameras[torch.tensor(ids)],
                      background=background, sh_degree=degree, backend=cfg.backend)
         out.means2d.retain_grad()

@@ -331,16 +331,22 @@ class SplatTrainer:
         return (1 - lam) * l1 + lam * (1 - ssim(pred, gt)) if lam > 0 else l1
 
     # ----------------------------------------------------------------- one step
-    def train_step(self) -> dict:
-        """One optimisation step on ``batch_size`` views; returns {'loss', 'psnr', 'skipped', **densification
-        report} (loss and PSNR averaged over the views)."""
+    def _begin_step(self) -> tuple[int, list[int], Tensor, int]:
+        """Advance the step and set its means learning rate: (step, the batch's view ids, background, SH degree).
+        Shared by the one-process and the sharded trainer, so both draw the same views in the same order."""
         cfg = self.config
         self.step += 1
         step = self.step
         self.optimizers["means"].param_groups[0]["lr"] = cfg.lr_means_at(step, self.extent)
         ids = [self._next_view() for _ in range(cfg.batch_size)]
-        background = self._background()
         degree = min(cfg.sh_degree, step // cfg.sh_increase_every) if cfg.sh_increase_every > 0 else cfg.sh_degree
+        return step, ids, self._background(), degree
+
+    def train_step(self) -> dict:
+        """One optimisation step on ``batch_size`` views; returns {'loss', 'psnr', 'skipped', **densification
+        report} (loss and PSNR averaged over the views)."""
+        cfg = self.config
+        step, ids, background, degree = self._begin_step()
         outs = self._render_batch(ids, background, degree)
         self.strategy.step_pre_backward(outs)
         rgbs = [o.rgb[k] for o in outs for k in range(o.rgb.shape[0])]  # one (3, H, W) per view of ids

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from manyview.errors import ManyviewError
-from manyview.geometry.rotation import axis_angle_to_matrix, random_rotation
+from manyview.geometry.rotation import random_rotation
 from manyview.metrics.pose import pose_metrics
 from manyview.recon.posed_photos import cameras_at_source_size
 from manyview.recon.refine import refine_poses
 from manyview.scene import Cameras, Views
 from manyview.scene.resize import ImageTransform
 from manyview.synth import generate
+
+from camera_noise import perturbed
 
 pytest.importorskip("pycolmap")
 
@@ -26,21 +28,6 @@ SEED, N, SIZE = 3, 8, 192
 def views() -> Views:
     _, views = generate(SEED, "object", N, SIZE, SIZE, arc_deg=80.0, supersample=2)
     return views
-
-
-def perturbed(cameras: Cameras, rotation_deg: float, translation: float, focal: float, seed: int = 0) -> Cameras:
-    """Each camera turned by ``rotation_deg`` about a random axis, its centre moved by ``translation`` x the mean
-    distance of the centres from their mean (Gaussian per axis), every focal length scaled by ``focal``."""
-    g = torch.Generator().manual_seed(seed)
-    cams = cameras.to(torch.float64)
-    axes = torch.randn(len(cams), 3, generator=g, dtype=torch.float64)
-    turn = axis_angle_to_matrix(axes / axes.norm(dim=-1, keepdim=True) * math.radians(rotation_deg))
-    c2w = cams.c2w.clone()
-    c2w[:, :3, :3] = turn @ c2w[:, :3, :3]
-    spread = (cams.centers - cams.centers.mean(0)).norm(dim=-1).mean()
-    c2w[:, :3, 3] += torch.randn(len(cams), 3, generator=g, dtype=torch.float64) * translation * spread
-    scale = torch.tensor([focal, focal, 1.0, 1.0], dtype=torch.float64)
-    return Cameras(cams.fxfycxcy * scale, c2w, cams.image_size)
 
 
 def test_bundle_adjustment_recovers_perturbed_ground_truth(views, tmp_path):

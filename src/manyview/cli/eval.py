@@ -2,7 +2,7 @@
 novel views (:mod:`manyview.nvs.evaluate`), the scene repository (:mod:`manyview.repository.evaluate`) and dense
 features (:mod:`manyview.features.evaluate`).
 
-    manyview eval reconstruction                                  # bundled Fast3R and COLMAP, 4/8/16 views
+    manyview eval reconstruction                                  # bundled Fast3R (+BA) and COLMAP, 4/8/16 views
     manyview eval reconstruction --weights runs/fast3r_bundled/final --views 8 --scenes 10 --no-colmap
     manyview eval reconstruction --real data/real/family --views 8 --no-synthetic
     manyview eval nvs --re10k re10k/test --index evaluation_index_re10k.json --weights model_dir
@@ -24,8 +24,9 @@ from manyview.errors import ManyviewError, require
 
 @dataclass
 class EvalReconstruction:
-    """Fast3R (default: the bundled weights), COLMAP SfM and the pairwise baseline on held-out synthetic scenes
-    (and optionally real photos against COLMAP's poses). Prints a Markdown table and writes JSON."""
+    """Fast3R (default: the bundled weights), Fast3R + bundle adjustment, COLMAP SfM and the pairwise baseline on
+    held-out synthetic scenes (and optionally real photos against COLMAP's poses). Prints a Markdown table and writes
+    JSON."""
 
     weights: Path | None = None
     """Fast3R weights: a folder with config.json + model.safetensors, or a trainer checkpoint folder (then
@@ -40,6 +41,10 @@ class EvalReconstruction:
     """Also run COLMAP incremental SfM (pycolmap) on the same images."""
     identity: bool = True
     """Also score the trivial answer "all cameras at one pose": the RRA a method gets for free."""
+    refine: bool = True
+    """Also Fast3R's cameras refined by bundle adjustment (fast3r+ba, as `reconstruct --model fast3r --refine`)."""
+    ba_size: int = 448
+    """Synthetic scenes: side of the renders bundle adjustment matches features on (Fast3R sees --size)."""
     views: tuple[int, ...] = (4, 8, 16)
     scenes: int = 5
     """Held-out scenes per kind and view count."""
@@ -61,6 +66,7 @@ class EvalReconstruction:
         require(self.scenes >= 1, "--scenes", "at least 1", self.scenes)
         require(self.size >= 16 and self.size % 16 == 0, "--size", "a positive multiple of 16", self.size)
         require(self.first_scene >= 0, "--first-scene", "at least 0", self.first_scene)
+        require(self.ba_size >= 32, "--ba-size", "at least 32", self.ba_size)
         if self.threads is not None:
             require(self.threads >= 1, "--threads", "at least 1", self.threads)
 
@@ -88,9 +94,9 @@ class EvalReconstruction:
         report = ev.EvalReport(config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})
         if self.synthetic:
             cfg = ev.SyntheticEval(views=self.views, scenes=self.scenes, kinds=self.kinds, height=self.size,
-                                   width=self.size, first_scene=self.first_scene)
+                                   width=self.size, first_scene=self.first_scene, ba_size=self.ba_size)
             report.records = ev.evaluate_synthetic(cfg, fast3r=fast3r, pairwise=pairwise, colmap=self.colmap,
-                                                  identity=self.identity)
+                                                  identity=self.identity, refine=self.refine and self.fast3r)
             report.summary = ev.summarize(report.records)
             report.goal = ev.goal_check(report.summary)
             print()
@@ -100,7 +106,8 @@ class EvalReconstruction:
                 print(f"\nFast3R at {g['views']} views: RRA@15 {g['RRA@15']:.1f}, RTA@15 {g['RTA@15']:.1f}, "
                       f"mAA@30 {g['mAA@30']:.1f} -> goal (95 / 90 / 80) {'met' if g['met'] else 'not met'}")
         for folder in self.real:
-            report.real += ev.evaluate_real(folder, self.views, fast3r=fast3r, pairwise=pairwise, size=self.size)
+            report.real += ev.evaluate_real(folder, self.views, fast3r=fast3r, pairwise=pairwise, size=self.size,
+                                            refine=self.refine and self.fast3r)
         if report.real:
             print()
             print(ev.markdown_table(report.real, ev.REAL_COLUMNS))

@@ -11,6 +11,14 @@ each kind, rendered with N views each, are reconstructed by every method; per sc
   COLMAP (sparse, no per-pixel output) on the registered camera centres (needs >= 3);
 - wall time of the method's whole call (inference and camera recovery, or all of SfM).
 
+``fast3r+ba`` is Fast3R's cameras refined by bundle adjustment (:func:`manyview.recon.refine.refine_poses`, the
+path of ``manyview reconstruct --model fast3r --refine``): the same Fast3R pass as the ``fast3r`` row gives the
+initial cameras, and bundle adjustment matches features on the same scene rendered at ``ba_size`` (photos are
+finer than a network's input; real mode gives it the photos themselves). Its geometry is BA's sparse points,
+aligned on the camera centres of the views it refined; ``registration_rate`` is the refined fraction, and views it
+could not refine keep Fast3R's pose (carried into the refined frame), so they are scored, not dropped. Its time
+is Fast3R's plus BA's.
+
 A trivial row (``identity``: every camera at one pose) shows what the pose numbers give for free: rooms are
 walked through with small turns, so many pairs are within 15 degrees of each other to begin with.
 
@@ -59,6 +67,9 @@ class SyntheticEval:
     """Index of the first held-out scene (scene i has seed EVAL_SEED_START + i)."""
     max_points: int = 50_000
     """Points per cloud (random subset) for the accuracy / completeness nearest-neighbour search."""
+    ba_size: int = 448
+    """Side of the renders bundle adjustment (``fast3r+ba``) matches features on; Fast3R sees ``height`` x
+    ``width`` renders of the same cameras."""
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -171,6 +182,19 @@ def run_pairwise(model, images: Tensor) -> dict[str, Any]:
             "time_s": time.perf_counter() - t0}
 
 
+def run_bundle_adjustment(photos, initial: Cameras, fast3r_time_s: float) -> dict[str, Any]:
+    """``initial`` cameras (at the photos' own sizes) refined by bundle adjustment on ``photos`` (Views or image
+    files), as ``manyview reconstruct --model fast3r --refine`` does; the time includes Fast3R's."""
+    from manyview.recon.posed_photos import MAX_PAIR_ROTATION_DEG
+    from manyview.recon.refine import refine_poses
+
+    res = refine_poses(photos, initial, max_pair_rotation_deg=MAX_PAIR_ROTATION_DEG,
+                       num_threads=torch.get_num_threads(), progress=False)
+    return {"cameras": res.cameras, "registered": res.refined.cpu(), "points": res.points.xyz,
+            "time_s": fast3r_time_s + res.wall_time, "registration_rate": res.num_refined / len(initial),
+            "reprojection_error_px": res.mean_reprojection_error}
+
+
 def run_colmap(views_or_files) -> dict[str, Any]:
     from manyview.recon.sfm import run_colmap_sfm
 
@@ -181,18 +205,23 @@ def run_colmap(views_or_files) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ synthetic
 def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: bool = True, identity: bool = False,
-                       log=print) -> list[dict[str, Any]]:
+                       refine: bool = False, log=print) -> list[dict[str, Any]]:
     """One record per (method, kind, N, scene): pose scores, geometry, time (see the module docstring).
 
     ``identity`` adds the trivial answer "every camera at one pose" (method ``identity``): its RRA is the share of
     view pairs whose true relative rotation is already small, the floor a method has to beat (its RTA is 0).
+    ``refine`` adds ``fast3r+ba`` (needs ``fast3r``): Fast3R's cameras of the same pass, bundle-adjusted.
     """
     from manyview.synth import generate
     from manyview.synth.samples import eval_scene_seed, views_to_sample
 
     methods: list[tuple[str, Any]] = []
+    if refine and fast3r is None:
+        raise ManyviewError("fast3r+ba refines Fast3R's cameras: give Fast3R weights")
     if fast3r is not None:
         methods.append(("fast3r", fast3r))
+        if refine:
+            methods.append(("fast3r+ba", fast3r))
     if pairwise is not None:
         methods.append(("pairwise", pairwise))
     if colmap:
@@ -212,6 +241,7 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
                                     supersample=cfg.supersample)
                 gt = views_to_sample(views)
                 gt_cloud = gt["pts3d"][gt["valid"]]
+                fast3r_out = None  # the fast3r row's pass, reused as fast3r+ba's initialisation
                 for name, model in methods:
                     base = {"method": name, "kind": kind, "views": n, "scene": s, "seed": seed}
                     try:
@@ -226,8 +256,21 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
                                    **sparse_geometry(out["points"], out["cameras"], views.cameras, out["registered"],
                                                      gt_cloud, cfg.max_points),
                                    "registration_rate": out["registration_rate"]}
+                        elif name == "fast3r+ba":
+                            fine = views if cfg.ba_size == cfg.height == cfg.width else generate(
+                                seed, kind=kind, num_views=n, height=cfg.ba_size, width=cfg.ba_size,
+                                supersample=cfg.supersample)[1]
+                            first = fast3r_out or run_fast3r(model, views.images)
+                            initial = first["cameras"].to("cpu", torch.float64).resized(fine.height, fine.width)
+                            out = run_bundle_adjustment(fine, initial, first["time_s"])
+                            rec = {**pose_scores(out["cameras"], views.cameras),
+                                   **sparse_geometry(out["points"], out["cameras"], views.cameras, out["registered"],
+                                                     gt_cloud, cfg.max_points),
+                                   "registration_rate": out["registration_rate"]}
                         else:
                             out = (run_fast3r if name == "fast3r" else run_pairwise)(model, views.images)
+                            if name == "fast3r":
+                                fast3r_out = out
                             rec = {**pose_scores(out["cameras"], views.cameras),
                                    **dense_geometry(out["pointmaps"], out["points"], gt["pts3d"], gt["valid"],
                                                     cfg.max_points),
@@ -244,15 +287,19 @@ def evaluate_synthetic(cfg: SyntheticEval, fast3r=None, pairwise=None, colmap: b
 
 # ------------------------------------------------------------------------------------------------ real
 def evaluate_real(folder: str | os.PathLike, views: Sequence[int] = (8,), fast3r=None, pairwise=None,
-                  size: int = 112, log=print) -> list[dict[str, Any]]:
-    """Photos in ``folder`` against COLMAP's poses of all of them (pseudo ground truth), N evenly spaced frames."""
-    from manyview.io.images import list_images
-    from manyview.recon.reconstruct import load_inputs, select_views
+                  size: int = 112, refine: bool = False, log=print) -> list[dict[str, Any]]:
+    """Photos in ``folder`` against COLMAP's poses of all of them (pseudo ground truth), N evenly spaced frames.
+    ``refine`` adds ``fast3r+ba``: the fast3r row's cameras moved onto the full photos and bundle-adjusted there."""
+    from manyview.io.images import list_images, load_images
+    from manyview.recon.posed_photos import cameras_at_source_size
+    from manyview.recon.reconstruct import reconstruction_policy, select_views
 
     folder = Path(folder)
     files = list_images(folder)
     if len(files) < 2:
         raise ManyviewError("needs at least 2 images", folder)
+    if refine and fast3r is None:
+        raise ManyviewError("fast3r+ba refines Fast3R's cameras: give Fast3R weights")
     t0 = time.perf_counter()
     ref = run_colmap(files)
     log(f"colmap   {folder.name}: registered {ref['registration_rate'] * 100:.0f}% of {len(files)} frames "
@@ -262,19 +309,33 @@ def evaluate_real(folder: str | os.PathLike, views: Sequence[int] = (8,), fast3r
         chosen = select_views(len(files), n)
         subset = [files[i] for i in chosen]
         gt, reg = ref["cameras"][chosen], ref["registered"][chosen]
-        for name, model in (("fast3r", fast3r), ("pairwise", pairwise)):
+        runs = [("fast3r", fast3r), ("pairwise", pairwise)] + ([("fast3r+ba", fast3r)] if refine else [])
+        fast3r_out = transforms = None
+        for name, model in runs:
             if model is None:
                 continue
-            images, _ = load_inputs(subset, size=size, square=True, patch_size=model.patch_size)
-            out = (run_fast3r if name == "fast3r" else run_pairwise)(model, images)
+            extra: dict[str, Any] = {}
+            if name == "fast3r+ba":
+                initial = cameras_at_source_size(fast3r_out["cameras"].to("cpu", torch.float64), transforms)
+                try:
+                    out = run_bundle_adjustment(subset, initial, fast3r_out["time_s"])
+                except ManyviewError as e:  # a failed refinement is a measurement, not a crash
+                    out = {**fast3r_out, "registration_rate": 0.0}
+                    extra["error"] = str(e)
+                extra["refined"] = round(out["registration_rate"] * len(chosen))
+            else:
+                loaded, transforms = load_images(subset, reconstruction_policy(size, True, model.patch_size))
+                out = (run_fast3r if name == "fast3r" else run_pairwise)(model, loaded.images)
+                if name == "fast3r":
+                    fast3r_out = out
             # views COLMAP did not register have no pseudo ground truth: score pairs of registered views only
             scores = pose_scores(out["cameras"], gt, reg)
             rec = {"method": name, "scene": folder.name, "views": len(chosen), "pseudo_gt": "colmap",
                    "pseudo_gt_registered": int(reg.sum()),
-                   **{k: scores[k + "_registered"] for k in POSE_KEYS}, "time_s": out["time_s"]}
+                   **{k: scores[k + "_registered"] for k in POSE_KEYS}, "time_s": out["time_s"], **extra}
             records.append(rec)
-            log(f"{name:8s} {folder.name} N={len(chosen)}: RRA@15 {rec['RRA@15']:.1f} RTA@15 {rec['RTA@15']:.1f} "
-                f"mAA@30 {rec['mAA@30']:.1f}")
+            log(f"{name:9s} {folder.name} N={len(chosen)}: RRA@5 {rec['RRA@5']:.1f} RRA@15 {rec['RRA@15']:.1f} "
+                f"RTA@15 {rec['RTA@15']:.1f} mAA@30 {rec['mAA@30']:.1f}")
     return records
 
 
@@ -312,9 +373,10 @@ def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-SYNTHETIC_COLUMNS = ("method", "kind", "views", "scenes", "RRA@15", "RTA@15", "mAA@30", "RRA@15_registered",
-                     "registration_rate", "accuracy", "completeness", "time_s")
-REAL_COLUMNS = ("method", "scene", "views", "pseudo_gt_registered", "RRA@15", "RTA@15", "mAA@30", "time_s")
+SYNTHETIC_COLUMNS = ("method", "kind", "views", "scenes", "RRA@5", "RRA@15", "RTA@5", "RTA@15", "mAA@30",
+                     "RRA@15_registered", "registration_rate", "accuracy", "completeness", "time_s")
+REAL_COLUMNS = ("method", "scene", "views", "pseudo_gt_registered", "RRA@5", "RRA@15", "RTA@5", "RTA@15", "mAA@30",
+                "time_s")
 
 
 def goal_check(rows: list[dict], views: int = 8, method: str = "fast3r") -> dict[str, Any]:

@@ -12,7 +12,7 @@ from manyview.errors import ManyviewError
 from manyview.geometry.rotation import random_rotation
 from manyview.metrics.pose import pose_metrics
 from manyview.recon.posed_photos import cameras_at_source_size
-from manyview.recon.refine import refine_poses
+from manyview.recon.refine import _drop_weak_points, refine_poses
 from manyview.scene import Cameras, Views
 from manyview.scene.resize import ImageTransform
 from manyview.synth import generate
@@ -127,3 +127,26 @@ def test_cameras_at_source_size_undoes_the_resize_and_crop(source, target):
     x_src = ray * back.fxfycxcy[0, :2] + back.fxfycxcy[0, 2:]
     assert torch.allclose(x_src, torch.stack([(x_net[0] + left) / sx, (x_net[1] + top) / sy]), atol=1e-9)
     assert np.isfinite(x_src.numpy()).all()
+
+
+def test_points_whose_rays_barely_meet_are_dropped():
+    """Two cameras 1 apart: a point 2 away is seen under ~28 degrees and stays; one 1000 away (0.06 degrees, the
+    depth a walkthrough's near-parallel rays leave unconstrained) goes, as does one over the error threshold."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_PINHOLE", width=100, height=100,
+                                                    params=[100, 50, 50], camera_id=1))
+    for i, x in enumerate([0.0, 1.0]):
+        image = pycolmap.Image(name=f"{i}.png", camera_id=1, image_id=i + 1)
+        image.points2D = pycolmap.Point2DList([pycolmap.Point2D(np.array([50.0, 50.0])) for _ in range(3)])
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(np.eye(3)), np.array([-x, 0, 0])))
+    ids = []
+    for k, depth in enumerate([2.0, 1000.0, 3.0]):
+        track = pycolmap.Track()
+        track.add_element(1, k)
+        track.add_element(2, k)
+        ids.append(rec.add_point3D(np.array([0.5, 0.0, depth]), track, np.zeros(3, dtype=np.uint8)))
+    rec.points3D[ids[2]].error = 9.0
+    assert _drop_weak_points(rec, 1.5) == 1 and set(rec.points3D) == {ids[0], ids[2]}
+    assert _drop_weak_points(rec, 1.5, max_error_px=4.0) == 1 and set(rec.points3D) == {ids[0]}

@@ -10,7 +10,10 @@ initial geometry, triangulated and bundle-adjusted with pycolmap. VGGT ships suc
 3. ``rounds`` rounds of triangulation with the poses held (COLMAP's point triangulator) and a bundle adjustment
    of poses, focal length, distortion and points (Cauchy loss). The first round accepts reprojection errors as
    large as the initial poses make them (``initial_max_error`` of the image diagonal); later rounds use COLMAP's
-   own thresholds, so the final points are what COLMAP's mapper would keep.
+   own thresholds, so the final points are what COLMAP's mapper would keep. As COLMAP's mapper does, points seen
+   under less than ``MIN_TRIANGULATION_ANGLE_DEG`` between their rays are dropped before each adjustment and after
+   the last one (with those over the reprojection threshold): their depth is unconstrained, and on a walkthrough
+   they land thousands of scene units away.
 
 Choices, and why:
 - The refined cameras keep the initial frame up to the drift bundle adjustment allows; views that end with fewer
@@ -50,6 +53,7 @@ CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV
 # Two-view geometries that come with a relative pose (cam2_from_cam1) to compare with the initial cameras.
 _POSED_CONFIGURATIONS = ("CALIBRATED", "PLANAR", "PANORAMIC", "PLANAR_OR_PANORAMIC")
 _EXTRA_PARAMS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 0, "SIMPLE_RADIAL": 1, "RADIAL": 2, "OPENCV": 4}
+MIN_TRIANGULATION_ANGLE_DEG = 1.5  # COLMAP mapper's filter_min_tri_angle
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +147,25 @@ def _thresholds(options, max_error_px: float, max_angle_deg: float) -> None:
     tri.complete_max_reproj_error = tri.merge_max_reproj_error = max_error_px
     tri.create_max_angle_error = tri.continue_max_angle_error = max_angle_deg
     options.mapper.filter_max_reproj_error = max_error_px
+
+
+def _drop_weak_points(rec, min_angle_deg: float, max_error_px: float | None = None) -> int:
+    """Delete points whose rays meet at less than ``min_angle_deg`` (the widest angle over their track's camera
+    centres) or, with ``max_error_px``, whose mean reprojection error exceeds it; returns how many went."""
+    centres = {i: np.asarray(rec.images[i].projection_center()) for i in rec.reg_image_ids()}
+    min_cos = math.cos(math.radians(min_angle_deg))
+    weak = []
+    for point_id, point in rec.points3D.items():
+        if max_error_px is not None and point.has_error() and point.error > max_error_px:
+            weak.append(point_id)
+            continue
+        rays = np.stack([centres[e.image_id] for e in point.track.elements]) - point.xyz
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True).clip(1e-12)
+        if (rays @ rays.T).min() > min_cos:  # every pair of rays closer than the angle
+            weak.append(point_id)
+    for point_id in weak:
+        rec.delete_point3D(point_id)
+    return len(weak)
 
 
 def _bundle_adjust(pycolmap, rec, image_ids: list[int], num_threads: int) -> None:
@@ -266,11 +289,13 @@ def refine_poses(
                     _thresholds(triangulation, 4.0, 2.0)
                 rec = pycolmap.triangulate_points(rec, db_path, inp.image_root, tmp / "triangulated",
                                                   clear_points=True, options=triangulation)
+                _drop_weak_points(rec, MIN_TRIANGULATION_ANGLE_DEG)
                 counts = {i: rec.images[i].num_points3D for i in rec.reg_image_ids()}
                 well_seen = [i for i, c in counts.items() if c >= min_observations]
                 if len(well_seen) >= 3:
                     _bundle_adjust(pycolmap, rec, well_seen, num_threads)
                 bar.update(1)
+            _drop_weak_points(rec, MIN_TRIANGULATION_ANGLE_DEG, triangulation.mapper.filter_max_reproj_error)
             timings["bundle_adjustment"] = time.perf_counter() - t
 
             refined_cams, refined, obs, params = _collect(rec, inp, db_images, initial, min_observations, camera_model)

@@ -20,23 +20,9 @@ from manyview.splat.mapped_ply import MappedGaussians
 from manyview.splat.out_of_core import render_out_of_core
 from manyview.splat.ply import property_names
 
+from splat_scenes import make_cameras, make_scene
+
 HEIGHT, WIDTH = 48, 64
-
-
-def _load_helpers():
-    """tests/splat/conftest.py's scene builders, loaded by path: ``from conftest import`` picks whichever
-    conftest module was imported first when several test folders run together."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("splat_test_helpers", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_helpers()
-make_cameras, make_scene = _helpers.make_cameras, _helpers.make_scene
 
 
 def _scene(n: int, degree: int, seed: int = 0) -> Gaussians:

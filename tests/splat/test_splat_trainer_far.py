@@ -13,20 +13,7 @@ from manyview.splat.strategy import DensifyStrategy
 from manyview.splat.trainer import SplatTrainConfig, initial_gaussians, scene_extent
 from manyview.splat.types import RenderOutput
 
-def _load_helpers():
-    """tests/splat/conftest.py's scene builders, loaded by path: ``from conftest import`` picks whichever
-    conftest module was imported first when several test folders run together."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("splat_test_helpers", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_helpers()
-make_cameras = _helpers.make_cameras
+from splat_scenes import make_cameras
 
 
 def _far_colours_reference(views: Views, xyz: torch.Tensor, ids: list[int]) -> torch.Tensor:

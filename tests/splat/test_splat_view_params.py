@@ -17,20 +17,7 @@ from manyview.splat.appearance import (apply_colour_transform, apply_colour_tran
 from manyview.splat.pose_refine import move_world, refined_c2w
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 
-def _load_helpers():
-    """tests/splat/conftest.py's scene builders, loaded by path: ``from conftest import`` picks whichever
-    conftest module was imported first when several test folders run together."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("splat_test_helpers", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_helpers()
-make_cameras, make_scene = _helpers.make_cameras, _helpers.make_scene
+from splat_scenes import make_cameras, make_scene
 
 NO_DENSIFY = DensifyStrategy(refine_start_iter=10**6, refine_stop_iter=10**6 + 1, reset_every=10**6)
 

@@ -7,6 +7,7 @@ bench/results/condense_ablation.json and the table ``condense_ablation`` in benc
 
     python bench/condense_ablation.py --real runs/family_colmap runs/teddybear_colmap      # train + evaluate
     python bench/condense_ablation.py --skip-train --runs /tmp/abl ...                     # evaluate existing runs
+    python bench/condense_ablation.py --skip-train --bundled --runs /tmp/abl ...           # + the bundled model
 
 ``--real`` takes reconstruction folders (``manyview reconstruct PHOTOS --model colmap --out DIR``). Every command
 runs in its own process with one torch thread (the benchmark machine's 2 cores are shared).
@@ -26,6 +27,7 @@ from readme_table import write_table
 from manyview.features.evaluate import ANGLE_BINS_DEG
 
 ABLATIONS = {"both": "consistency + anchor", "consistency": "consistency only", "anchor": "anchor only"}
+BUNDLED = "consistency + anchor: the bundled model"
 RESULTS = Path(__file__).resolve().parent / "results" / "condense_ablation.json"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
        "NUMBA_THREADING_LAYER": "workqueue"}
@@ -63,8 +65,9 @@ def table(reports: dict[str, dict]) -> str:
 
     lines.append(row(f"teacher ({first['teacher']})", "-", first, "teacher"))
     for key, report in reports.items():
-        lines.append(row("2D student", ABLATIONS[key], report, "student2d"))
-        lines.append(row("3D rendered", ABLATIONS[key], report, "rendered3d"))
+        loss = ABLATIONS.get(key, BUNDLED)
+        lines.append(row("2D student", loss, report, "student2d"))
+        lines.append(row("3D rendered", loss, report, "rendered3d"))
     return "\n".join(lines)
 
 
@@ -74,15 +77,18 @@ def main() -> None:
     ap.add_argument("--real", type=Path, nargs="*", default=[])
     ap.add_argument("--skip-train", action="store_true", help="evaluate RUNS/{both,consistency,anchor}/final")
     ap.add_argument("--eval-args", default="", help="extra options for manyview eval features")
+    ap.add_argument("--bundled", action="store_true", help="also evaluate the bundled model (RUNS/bundled)")
     args = ap.parse_args()
     reports = {}
-    for key in ABLATIONS:
+    for key in [*ABLATIONS, *(["bundled"] if args.bundled else [])]:
         run = args.runs / key
-        if not args.skip_train and not (run / "final").is_dir():
+        if key != "bundled" and not args.skip_train and not (run / "final").is_dir():
             manyview("train", "condense", f"ablation-{key}", "--out", str(run), "--train.no-progress")
         out = run / "eval_features.json"
         if not out.is_file():
-            manyview("eval", "features", "--weights", str(run / "final"), "--out", str(out),
+            out.parent.mkdir(parents=True, exist_ok=True)
+            weights = [] if key == "bundled" else ["--weights", str(run / "final")]  # no --weights: the bundled one
+            manyview("eval", "features", *weights, "--out", str(out),
                      *(["--real", *map(str, args.real)] if args.real else []), *args.eval_args.split())
         reports[key] = json.loads(out.read_text())
         reports[key]["metrics_csv_last"] = (run / "metrics.csv").read_text().splitlines()[-1] \

@@ -27,6 +27,27 @@ and the losses (the runs must agree: K ranks train the Gaussians of one):
     python bench/splat_distributed.py --mode train --gaussians 100000 --views 16 --width 256 --height 192 \
         --batch-size 4 --steps 20 --ranks 1 2       # -> bench/results/splat_distributed_train.json
 
+``--mode scale`` is the table "memory per rank and time per step for K = 1, 2, 4 at a fixed total": the trainer
+(``ShardedSplatTrainer``) on a synthetic object scene (``--views`` views at ``--width`` x ``--height``), with a fixed
+total of ``--gaussians`` Gaussians at SH degree ``--sh-degree`` (all degrees active from the first step) and no
+densification, so the total stays fixed. The Gaussians are random in the cube [-1, 1]^3 round the object (random
+colours, isotropic at half the mean spacing, opacity 0.1), drawn in chunks of 2^20 rows each from its own seed:
+every rank builds only its block, and every K trains the same set (the losses must agree). Per rank: the
+Gaussian state (parameters, gradients, Adam moments), the peak resident set above the level before the Gaussians
+were built (the interpreter, torch, numba's kernels and the views excluded; what training the Gaussians costs),
+the absolute peak, the median step time and the bytes sent per step; ratios to the first K:
+
+    python bench/splat_distributed.py --mode scale --gaussians 1000000 --views 8 --width 128 --height 96 \
+        --batch-size 4 --steps 4 --ranks 1 2 4       # -> bench/results/splat_distributed_scale.json
+
+``--mode largest`` is the same measurement with the defaults of the largest scene this machine is asked to train
+(issue 14: 10 M Gaussians at SH degree 3, 100 steps, across K ranks): 8 views at 128 x 96, a batch of one view
+(a second would add 3-4.5 GiB a rank of render buffers), ``--ranks 2``; any of them can be given. From its 1 M
+version (``--gaussians 1000000 --steps 3``: 1.9 s a step, +0.9 / +0.75 GiB on the two ranks) it needs ~33 min
+and ~17 GiB for the two ranks together, so run it on a machine otherwise idle:
+
+    python bench/splat_distributed.py --mode largest --verbose  # -> bench/results/splat_distributed_largest.json
+
 ``--mode psnr`` is the end-to-end check: ``manyview synth`` writes an object scene, ``manyview splat`` trains it in
 one process and ``torchrun --nproc-per-node 2 -m manyview splat`` with two, with the same options; their held-out
 PSNRs (eval.json) must agree within 0.1 dB (the script exits 1 if not):
@@ -61,6 +82,11 @@ from manyview.scene import Cameras
 OUT = Path(__file__).resolve().parent / "results" / "splat_distributed.json"
 OUT_TRAIN = OUT.with_name("splat_distributed_train.json")
 OUT_PSNR = OUT.with_name("splat_distributed_psnr.json")
+OUT_SCALE = OUT.with_name("splat_distributed_scale.json")
+OUT_LARGEST = OUT.with_name("splat_distributed_largest.json")
+LARGEST = {"gaussians": 10_000_000, "steps": 100, "sh_degree": 3, "ranks": [2], "views": 8, "width": 128,
+           "height": 96, "batch_size": 1}  # --mode largest's defaults (any of them can be given)
+CHUNK = 1 << 20  # rows drawn from one seed by random_block
 
 
 def cameras_on_circle(n: int, width: int, height: int) -> Cameras:
@@ -170,6 +196,104 @@ def _train_worker(rank: int, world: int, port: int, args: argparse.Namespace, ou
     dist.destroy_process_group()
 
 
+def random_block(total: int, sh_degree: int, mesh, seed: int = 0):
+    """This rank's block of ``total`` random Gaussians (a ShardedGaussians): uniform in [-1, 1]^3, random colours,
+    isotropic at half the mean spacing, opacity 0.1. Chunk c of CHUNK rows is drawn from seed (seed, c), so every
+    number of ranks holds the same set, and a rank builds only the chunks its block overlaps (float64 for one
+    chunk at a time, its rows float32)."""
+    from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
+    from manyview.splat.sh import num_coefficients, rgb_to_sh
+    from manyview.splat.sharded import ShardedGaussians, chunk_sizes, wrap_rows
+
+    sizes = chunk_sizes(total, mesh.size())
+    start = sum(sizes[:mesh.get_local_rank()])
+    stop = start + sizes[mesh.get_local_rank()]
+    log_scale = math.log(0.5 * (8.0 / total) ** (1 / 3))
+    logit = math.log(0.1 / 0.9)
+    parts = []
+    for c in range(start // CHUNK, -(-stop // CHUNK)):
+        n = min(CHUNK, total - c * CHUNK)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + c)
+        xyz = torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1
+        rgb = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+        lo, hi = max(start, c * CHUNK) - c * CHUNK, min(stop, c * CHUNK + n) - c * CHUNK
+        m = hi - lo
+        parts.append(Gaussians(means=xyz[lo:hi].float(), log_scales=torch.full((m, 3), log_scale),
+                               quats=torch.tensor([1.0, 0, 0, 0]).expand(m, 4).contiguous(),
+                               opacity_logits=torch.full((m,), logit), sh_dc=rgb_to_sh(rgb[lo:hi]).float()[:, None],
+                               sh_rest=torch.zeros(m, num_coefficients(sh_degree) - 1, 3)))
+        del xyz, rgb
+    if not parts:  # an empty block
+        parts.append(Gaussians(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0),
+                               torch.zeros(0, 1, 3), torch.zeros(0, num_coefficients(sh_degree) - 1, 3)))
+    local = {n: torch.cat([getattr(p, n) for p in parts]) for n in PARAMETER_NAMES}
+    del parts
+    return ShardedGaussians(*(wrap_rows(local[n], mesh, total) for n in PARAMETER_NAMES))
+
+
+def _scale_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_dir: str) -> None:
+    """The splat trainer on ``world`` ranks at a fixed total of Gaussians: memory per rank, step times, bytes."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MANYVIEW_QUIET="1")
+    torch.set_num_threads(1)
+    import numba
+
+    numba.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=1800))
+    from manyview.profiling import _rss_bytes
+    from manyview.scene import Views
+    from manyview.splat import DensifyStrategy, random_in_box, render
+    from manyview.splat.distributed_render import exchange_stats
+    from manyview.splat.sharded import ShardedGaussians, gaussian_mesh
+    from manyview.splat.sharded_trainer import ShardedSplatTrainer
+    from manyview.splat.trainer import SplatTrainConfig
+    from manyview.synth import generate
+
+    mesh = gaussian_mesh()
+    _, sample = generate(args.seed, kind="object", num_views=args.views, height=args.height, width=args.width)
+    views = Views(images=sample.images, cameras=sample.cameras, names=sample.names)
+    del sample
+    warm = ShardedGaussians.distribute(random_in_box(64, sh_degree=args.sh_degree, seed=1), mesh).requires_grad_()
+    render(warm, views.cameras[:2]).rgb.to_local().sum().backward()  # load numba's kernels before measuring
+    del warm
+    gc.collect()
+    config = SplatTrainConfig(iterations=args.steps, batch_size=args.batch_size, sh_degree=args.sh_degree,
+                              sh_increase_every=0, checkpoint_every=0, test_every=0,
+                              densify=DensifyStrategy(refine_stop_iter=0))  # a fixed total: no densification
+    dist.barrier()
+    before = _rss_bytes()
+    with tempfile.TemporaryDirectory() as tmp, MemoryMeter("cpu") as meter:
+        t0 = time.perf_counter()
+        trainer = ShardedSplatTrainer(views, tmp, config, gaussians=random_block(args.gaussians, args.sh_degree,
+                                                                               mesh, args.seed))
+        dist.barrier()
+        build_s = time.perf_counter() - t0
+        built = _rss_bytes()
+        times, losses = [], []
+        with exchange_stats() as exchanged:
+            for _ in range(args.steps):
+                dist.barrier()
+                t0 = time.perf_counter()
+                info = trainer.train_step()
+                dist.barrier()
+                times.append(time.perf_counter() - t0)
+                losses.append(info["loss"])
+                if rank == 0 and args.verbose:
+                    print(f"  K={world} step {len(times)}: {times[-1]:.2f} s, loss {info['loss']:.6f}", flush=True)
+    params = list(trainer.params.values())
+    state = [params, [p.grad for p in params if p.grad is not None],
+             [v for opt in trainer.optimizers.values() for s in opt.state.values() for v in s.values()
+              if torch.is_tensor(v) and v.dim() > 0]]
+    state_bytes = sum(t.to_local().numel() * t.element_size() for group in state for t in group)
+    result = {"rank": rank, "gaussians_local": len(params[0].to_local()), "state_bytes": state_bytes,
+              "rss_before_bytes": before, "rss_after_build_bytes": built,
+              "peak_rss_increase_bytes": meter.peak_bytes - before, "peak_rss_bytes": meter.peak_bytes,
+              "build_s": build_s, "step_s_median": statistics.median(times), "step_s": times, "losses": losses,
+              "bytes_sent_per_step": exchanged["bytes_sent"] // args.steps,
+              "pairs_sent_per_step": exchanged["pairs_sent"] // args.steps}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +302,7 @@ def _free_port() -> int:
 
 def run(world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        worker = _train_worker if args.mode == "train" else _worker
+        worker = {"train": _train_worker, "scale": _scale_worker, "largest": _scale_worker}.get(args.mode, _worker)
         mp.spawn(worker, args=(world, _free_port(), args, tmp), nprocs=world, join=True)
         return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
 
@@ -216,23 +340,38 @@ def psnr_check(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["render", "train", "psnr"], default="render",
+    parser.add_argument("--mode", choices=["render", "train", "psnr", "scale", "largest"], default="render",
                         help="render: render + linear loss + Adam on random Gaussians; train: the splat trainer; "
-                             "psnr: manyview splat on 1 and 2 processes, held-out PSNR")
-    parser.add_argument("--gaussians", type=int, default=200_000)
-    parser.add_argument("--views", type=int, default=16, help="train mode: views of the synthetic scene")
-    parser.add_argument("--batch-size", type=int, default=4, help="train mode: views per step")
-    parser.add_argument("--sh-degree", type=int, default=3, help="train mode")
-    parser.add_argument("--seed", type=int, default=0, help="train mode: the synthetic scene")
+                             "psnr: manyview splat on 1 and 2 processes, held-out PSNR; scale: the trainer at a "
+                             "fixed total of Gaussians, memory per rank; largest: scale with 10 M Gaussians, 100 "
+                             "steps, 2 ranks by default")
+    parser.add_argument("--gaussians", type=int, default=None, help="default 200,000 (largest: 10,000,000)")
+    parser.add_argument("--views", type=int, default=None, help="train/scale: views of the synthetic scene "
+                                                                "(default 16; largest 8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="train/scale: views per step (default 4; "
+                                                                     "largest 1)")
+    parser.add_argument("--sh-degree", type=int, default=3, help="train/scale")
+    parser.add_argument("--seed", type=int, default=0, help="train/scale: the synthetic scene")
     parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", type=Path, default=None, help=f"default {OUT} ({OUT_TRAIN.name} in train mode)")
+    parser.add_argument("--width", type=int, default=None, help="default 640 (largest 128)")
+    parser.add_argument("--height", type=int, default=None, help="default 360 (largest 96)")
+    parser.add_argument("--steps", type=int, default=None, help="default 5 (largest 100)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=None, help="default 1 2 (largest 2)")
+    parser.add_argument("--verbose", action="store_true", help="scale/largest: print every step's time")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"default {OUT} ({OUT_TRAIN.name}, {OUT_SCALE.name}, {OUT_LARGEST.name}, "
+                             f"{OUT_PSNR.name} in the other modes)")
     args = parser.parse_args()
+    defaults = {"gaussians": 200_000, "views": 16, "batch_size": 4, "width": 640, "height": 360, "steps": 5,
+                "ranks": [1, 2]}
+    if args.mode == "largest":
+        defaults.update(LARGEST)
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     if args.out is None:
-        args.out = {"train": OUT_TRAIN, "psnr": OUT_PSNR}.get(args.mode, OUT)
+        args.out = {"train": OUT_TRAIN, "psnr": OUT_PSNR, "scale": OUT_SCALE, "largest": OUT_LARGEST}.get(args.mode,
+                                                                                                            OUT)
     if args.mode == "psnr":
         used = ("views", "width", "height", "steps", "batch_size", "sh_degree", "seed")  # what psnr_check reads
         result = {"benchmark": "splat_distributed_psnr", "config": {k: getattr(args, k) for k in used},
@@ -259,8 +398,9 @@ def main() -> None:
     for world, r in runs.items():  # relative to the first K: memory should fall as 1/K
         r["state_ratio"] = r["state_bytes_max_rank"] / base["state_bytes_max_rank"]
         r["peak_rss_ratio"] = r["peak_rss_increase_max_rank"] / max(base["peak_rss_increase_max_rank"], 1)
+        r["peak_rss_absolute_max_rank"] = max(x.get("peak_rss_bytes", 0) for x in r["ranks"])
         r["loss_rel_diff_vs_first"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"], base["losses"]))
-    result = {"benchmark": "splat_distributed" + ("_train" if args.mode == "train" else ""),
+    result = {"benchmark": "splat_distributed" + ("" if args.mode == "render" else f"_{args.mode}"),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "load_average_at_end": os.getloadavg()},

@@ -37,3 +37,25 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_file_writer_killed_mid_write_leaves_a_temporary_that_remove_stale_clears(tmp_path):
+    """SIGKILL skips every cleanup: the temporary stays. Its name says which process made it, so the next writer
+    of the same path (the streamed splat PLY calls remove_stale first) removes it, and leaves a live one alone."""
+    import subprocess
+    import sys
+
+    from manyview.io.atomic import remove_stale
+
+    target = tmp_path / "splat.ply"
+    code = ("import os, signal, sys\nfrom manyview.io.atomic import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", code, str(target)]).returncode == -9
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".splat.ply.tmp-") and not target.exists()
+    with atomic_path(target) as live:
+        live.write_bytes(b"live")
+        assert remove_stale(target) == [left]
+        assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["splat.ply"]

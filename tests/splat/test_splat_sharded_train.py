@@ -1,6 +1,7 @@
 """The splat trainer on two gloo processes (ShardedSplatTrainer) against one process with the same batch: the same
 losses and, after clones, splits, prunes and an opacity reset, the same Gaussians in the same order (float
-rounding); an empty shard and a rank without a camera; ranks that loaded different views are refused by name.
+rounding), and under pose refinement the same camera corrections on every rank; an empty shard and a rank without
+a camera; ranks that loaded different views are refused by name.
 
 Two processes are spawned once for the module; each runs every case and saves what it computed.
 """
@@ -53,7 +54,15 @@ CASES = {
     "batch2_exposure": (dict(batch_size=2, exposure=True), 10, None),  # one camera per rank
     "batch3": (dict(batch_size=3, random_background=True), 8, None),  # two cameras on rank 0, one on rank 1
     "one_gaussian_batch1": (dict(batch_size=1), 3, "one"),  # rank 1: no Gaussian, no camera
+    # pose corrections (a learning rate that moves them visibly in 8 steps): replicated, their gradient summed
+    "batch3_pose": (dict(batch_size=3, pose_refine=True, lr_pose=2e-3, exposure=True), 8, None),
 }
+
+
+def _view_params(t) -> dict:
+    """The per-view parameters (colour transforms, pose corrections), stacked; None where the run has none."""
+    return {name: torch.stack([p.detach() for p in t.view_params[name]]) if name in t.view_params else None
+            for name in ("exposure", "pose")}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -80,8 +89,7 @@ def _run_cases(rank: int, out: Path, results: dict) -> None:
         infos = [t.train_step() for _ in range(steps)]
         results[name] = {"infos": infos, "local": len(t.params["means"].to_local()),
                          "params": {n: p.detach().full_tensor() for n, p in t.params.items()},
-                         "exposure": (torch.stack([p.detach() for p in t.view_params["exposure"]])
-                                      if "exposure" in t.view_params else None)}
+                         **_view_params(t)}
     # rank 1 loads one camera moved by a millimetre
     cams = views.cameras
     if rank == 1:
@@ -112,9 +120,7 @@ def single(tmp_path_factory):
         gaussians = _one_gaussian(points) if init == "one" else None
         t = SplatTrainer(views, out / name, _config(**options), points=points, gaussians=gaussians)
         infos = [t.train_step() for _ in range(steps)]
-        results[name] = {"infos": infos, "params": {n: p.detach() for n, p in t.params.items()},
-                         "exposure": (torch.stack([p.detach() for p in t.view_params["exposure"]])
-                                      if "exposure" in t.view_params else None)}
+        results[name] = {"infos": infos, "params": {n: p.detach() for n, p in t.params.items()}, **_view_params(t)}
     return results
 
 
@@ -126,14 +132,22 @@ def test_sharded_training_equals_one_process(ranks, single, case):
                {k: b[k] for k in ("cloned", "split", "pruned", "reset", "skipped")}
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["psnr"] == pytest.approx(b["psnr"], rel=1e-5)
+    # under pose refinement each rank sums its part of the corrections' gradient and the ranks add the parts: a
+    # different rounding, which Adam's normalised steps enlarge where a Gaussian's gradient is near zero
+    # (measured: 7e-5 on 2 of 1,600 rotation entries after 8 steps)
+    tol = 2e-4 if ref["pose"] is not None else 1e-5
     for name, expected in ref["params"].items():
         got = ours["params"][name]
         assert got.shape == expected.shape, name
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max().clamp_min(1e-3)))
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol * float(expected.abs().max().clamp_min(1e-3)))
         torch.testing.assert_close(ranks[1][case]["params"][name], got, rtol=0, atol=0)  # every rank gathers alike
     if ref["exposure"] is not None:  # the replicated per-view colour transforms stay equal on every rank
         torch.testing.assert_close(ours["exposure"], ref["exposure"], rtol=1e-5, atol=1e-7)
         assert torch.equal(ranks[1][case]["exposure"], ours["exposure"])
+    if ref["pose"] is not None:  # the pose corrections: moved, the one-process values, equal on every rank
+        assert float(ref["pose"].abs().max()) > 1e-3
+        torch.testing.assert_close(ours["pose"], ref["pose"], rtol=1e-4, atol=1e-4 * float(ref["pose"].abs().max()))
+        assert torch.equal(ranks[1][case]["pose"], ours["pose"])
     total = len(ref["params"]["means"])
     assert [r[case]["local"] for r in ranks] == [-(-total // WORLD), total - -(-total // WORLD)]
 

@@ -37,7 +37,8 @@ class Splat:
     manyview splat ...`` the Gaussians are sharded over the K processes (gloo, on the CPU) and each renders B / K
     of the batch's views: the same Gaussians as one process with the same B, to float rounding. Checkpoints are
     then torch.distributed.checkpoint folders, resumable with any K (--resume without torchrun resumes them in
-    one process); splat.ply is streamed shard by shard. Not with --pose-refine.
+    one process); splat.ply is streamed shard by shard. When a process dies or stops answering (--dist-timeout),
+    the others stop with one error naming it and the checkpoint kept; --resume continues from that checkpoint.
     """
 
     dataset: tyro.conf.Positional[Path]
@@ -48,6 +49,10 @@ class Splat:
     """Continue from the latest checkpoint in OUT (start fresh when there is none)."""
     max_width: int = 480
     """Images wider than this are downscaled (aspect kept; cameras follow). 0 keeps the full size."""
+    dist_timeout: float = 120.0
+    """Under torchrun: seconds a process waits for the others in one exchange before it stops the run, naming the
+    process that did not answer (from the first step on; at the start, while every process reads the dataset,
+    torch's default of 30 min applies)."""
     # the library's config, its fields as top-level options (--iterations, --sh-degree, ...); the command turns
     # the schedule scaling on
     config: Annotated[SplatTrainConfig, tyro.conf.arg(name="")] = field(
@@ -55,6 +60,7 @@ class Splat:
 
     def __post_init__(self):
         require(self.max_width >= 0, "--max-width", "at least 0 (0 keeps the full size)", self.max_width)
+        require(self.dist_timeout > 0, "--dist-timeout", "a positive number of seconds", self.dist_timeout)
 
     def interrupted(self) -> str:
         return (f"the checkpoints written so far are kept in {self.out / 'checkpoints'} (continue with --resume); "
@@ -77,7 +83,9 @@ class Splat:
         """Under ``torchrun --nproc-per-node K``: the Gaussians sharded over the K processes (gloo on the CPU);
         every rank loads the dataset, rank 0 alone prints and writes the JSON files, all write the PLY together.
         Also a run of one process resuming a checkpoint that processes under torchrun wrote."""
+        from manyview.errors import ManyviewError
         from manyview.splat.data import load_training_views
+        from manyview.splat.rank_faults import Terminated, sigterm_raises
         from manyview.splat.sharded_trainer import ShardedSplatTrainer
         from manyview.train.config import ParallelConfig
         from manyview.train.distributed import setup, teardown
@@ -85,13 +93,20 @@ class Splat:
         env = setup(ParallelConfig(mode="ddp", backend="gloo"), "cpu")
         try:
             views, points = load_training_views(self.dataset, self.max_width)
-            trainer = ShardedSplatTrainer(views, self.out, self.config, points=points)
-            if env.is_main:
-                self._report_start(trainer, views, points,
-                                   f" on {env.world_size} process{'es' if env.world_size > 1 else ''}")
-            result = trainer.train(resume=self.resume, show_progress=env.is_main)
-            if env.is_main:
-                self._report_end(trainer, result)
+            # torchrun's SIGTERM (another process failed) becomes one line, temporaries removed; installed after
+            # the dataset is read, because importing pycolmap installs glog's handler of SIGTERM over ours
+            with sigterm_raises():
+                trainer = ShardedSplatTrainer(views, self.out, self.config, points=points,
+                                              collective_timeout=self.dist_timeout)
+                if env.is_main:
+                    self._report_start(trainer, views, points,
+                                       f" on {env.world_size} process{'es' if env.world_size > 1 else ''}")
+                result = trainer.train(resume=self.resume, show_progress=env.is_main)
+                if env.is_main:
+                    self._report_end(trainer, result)
+        except Terminated:  # between two steps of the trainer's own handling (its start, or the last message)
+            raise ManyviewError("stopped by SIGTERM (torchrun sends it to every process when one fails or is "
+                                "stopped)", self.out) from None
         finally:
             teardown(env)
 

@@ -140,7 +140,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """Yield a temporary path to write; it is renamed onto ``path`` only if the block succeeds.
 
     Use this for libraries that insist on writing to a path themselves (PIL, safetensors, pycolmap).
-    ``suffix`` defaults to the target's suffix so that format detection by extension still works.
+    ``suffix`` defaults to the target's suffix so that format detection by extension still works. The temporary's
+    name carries this host and process, so that a writer of ``path`` that may have been killed mid-write (a lost
+    rank) can clear what it left with :func:`remove_stale` first; ordinary writes skip that (it lists the folder).
     """
     path = Path(path)
     if path.is_dir():
@@ -150,8 +152,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise ManyviewError(f"cannot write this file: {blocker} is a file", path)
     make_folder(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=path.suffix if suffix is None else suffix,
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_tag()}-",
+                                   suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     except OSError as e:
         raise ManyviewError(f"cannot write here ({_reason(e)})", path) from None
     os.close(fd)

@@ -27,7 +27,8 @@ is a single-process feature.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import fields
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,7 @@ from manyview.splat.sharded import chunk_sizes, wrap_rows
 from manyview.splat.types import Projected, RenderOutput
 
 PAIR_FIELDS = 12  # means2d 2, conics 3, depth 1, opacity 1, colour 3, radii 2
+Move = Callable[[Gaussians], Gaussians]  # what one camera sees of this rank's Gaussians (see ShardedRender.render)
 
 _stats: dict[str, int] | None = None
 
@@ -198,13 +200,27 @@ def _staged(backend: Backend) -> StagedBackend:
 
 
 def _project(backend: StagedBackend, local: GaussianStore, cameras: Cameras, settings: RenderSettings,
-             lift_means2d: Callable[[Tensor], Tensor] | None) -> tuple[Projected, Tensor]:
+             lift_means2d: Callable[[Tensor], Tensor] | None, moves: Sequence[Move | None] | None = None
+             ) -> tuple[Projected, Tensor]:
     backend.check(local)
-    g = local.to(dtype=backend.compute_dtype)
-    proj = backend.project(g, cameras, settings)
+    if moves is None:
+        g = local.to(dtype=backend.compute_dtype)
+        proj = backend.project(g, cameras, settings)
+        if lift_means2d is not None:
+            proj = Projected(lift_means2d(proj.means2d), proj.conics, proj.depths, proj.opacities, proj.radii)
+        return proj, backend.shade(g, cameras, settings, proj)
+    # camera c sees moves[c](local): projected and shaded one camera at a time (shading reads the projection's
+    # radii only), stacked along C
+    parts = []
+    for c, move in enumerate(moves):
+        g = (local if move is None else move(local)).to(dtype=backend.compute_dtype)
+        cam = cameras[c:c + 1]
+        p = backend.project(g, cam, settings)
+        parts.append((p, backend.shade(g, cam, settings, p)))
+    proj = Projected(*(torch.cat([getattr(p, f.name) for p, _ in parts]) for f in fields(Projected)))
     if lift_means2d is not None:
         proj = Projected(lift_means2d(proj.means2d), proj.conics, proj.depths, proj.opacities, proj.radii)
-    return proj, backend.shade(g, cameras, settings, proj)
+    return proj, torch.cat([c for _, c in parts])
 
 
 def _rasterize_owned(backend: StagedBackend, proj: Projected, colors: Tensor, cameras: Cameras,
@@ -253,7 +269,11 @@ class ShardedRender:
         self.name = f"sharded {inner.name}"
 
     def render(self, gaussians: GaussianStore, cameras: Cameras, background: Tensor | None,
-               settings: RenderSettings) -> RenderOutput:
+               settings: RenderSettings, moves: Sequence[Move | None] | None = None) -> RenderOutput:
+        """``moves`` (one per camera, or None): camera c sees this rank's Gaussians as ``moves[c]`` maps them
+        (a differentiable function of its plain local tensors keeping their number and order, such as a rigid
+        motion for pose refinement; None: unmoved), as if each camera rendered its own moved copy; gradients
+        reach whatever the moves depend on through every rank's own Gaussians (per rank: a partial sum)."""
         from torch.distributed.tensor import DTensor, Shard
 
         for name in PARAMETER_NAMES:
@@ -273,7 +293,9 @@ class ShardedRender:
             lifted.append(wrap_rows(means2d, mesh, total, dim=1))
             return lifted[0].to_local()
 
-        proj, colors = _project(staged, local, cams, settings, lift)
+        if moves is not None and len(moves) != len(cams):
+            raise ValueError(f"sharded render: {len(moves)} moves for {len(cams)} cameras")
+        proj, colors = _project(staged, local, cams, settings, lift, moves)
         out = _rasterize_owned(staged, proj, colors, cams, background, settings, group).to(
             staged.output_dtype(local))
         num_cameras = len(cams)
@@ -281,3 +303,21 @@ class ShardedRender:
         means2d = lifted[0] if out.means2d is proj.means2d else wrap_rows(out.means2d, mesh, total, dim=1)
         return RenderOutput(rgb=by_camera(out.rgb), alpha=by_camera(out.alpha), depth=by_camera(out.depth),
                             means2d=means2d, radii=wrap_rows(out.radii, mesh, total, dim=1))
+
+
+def render_moved(gaussians: GaussianStore, cameras: Cameras, moves: Sequence[Move | None],
+                 background: Tensor | None = None, sh_degree: int | None = None, backend: str = "auto"
+                 ) -> RenderOutput:
+    """:func:`~manyview.splat.render.render` of sharded Gaussians in which camera c sees its own motion of them,
+    ``moves[c]`` (see :meth:`ShardedRender.render`): one exchange and rasterisation by camera ownership for the
+    whole batch. The trainer's pose refinement: each camera moves the world by its own correction, which one
+    process renders as one call per camera; here the ranks still split the batch's cameras between them."""
+    from manyview.splat.render import choose_backend, get_backend
+    from manyview.splat.sh import degree_from_coefficients
+
+    stored = degree_from_coefficients(gaussians.sh_rest.shape[1] + 1)
+    settings = RenderSettings(stored if sh_degree is None else sh_degree)
+    if background is not None and background.dim() == 1:
+        background = background.expand(len(cameras), 3)
+    chosen = ShardedRender(get_backend(choose_backend(gaussians, backend)))
+    return chosen.render(gaussians, cameras, background, settings, moves=moves)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from manyview.io.atomic import atomic_path
+from manyview.io.atomic import atomic_path, remove_stale
 from manyview.splat.gaussians import Gaussians
 from manyview.splat.ply import property_names
 from manyview.splat.sharded import ShardedGaussians
@@ -64,6 +64,7 @@ def write_ply_sharded(path: str | os.PathLike, gaussians: ShardedGaussians, rows
             dist.barrier(group=group)
 
     if rank == 0:
+        remove_stale(path)  # what a rank 0 killed in an earlier attempt left
         with atomic_path(path) as tmp:
             try:
                 with open(tmp, "wb") as f:

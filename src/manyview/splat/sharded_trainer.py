@@ -17,14 +17,26 @@ are ``nn.Parameter`` DTensors ``Shard(0)`` with one fused Adam each, whose momen
    together; Adam steps on the shards;
 5. densification per shard, in the single-process order (:mod:`manyview.splat.sharded_strategy`).
 
-So K processes give the Gaussians of one process with the same batch, to float rounding. Not supported here:
-``pose_refine`` (each view moves the world by its own correction, so its views cannot share one sharded render)
-and the gsplat backend (it fuses the stages between which the ranks exchange splats).
+So K processes give the Gaussians of one process with the same batch, to float rounding. Under ``pose_refine``
+each camera of the batch sees the world moved by its own correction (:func:`~manyview.splat.distributed_render.
+render_moved`: every rank moves its own Gaussians for each camera, one exchange for the batch); the corrections
+are small parameters replicated on every rank, each rank holds the part of their gradient that flows through its
+Gaussians, and the parts are summed (an all-reduce, like the colour transforms') before Adam steps, so every rank
+keeps the same corrections. Not supported here: the gsplat backend (it fuses the stages between which the ranks
+exchange splats).
+
+**A lost process.** When a rank dies, or stops answering for ``collective_timeout`` seconds, mid-step, the
+others stop within that bound with one error naming it, the step and the last checkpoint kept
+(:mod:`manyview.splat.rank_faults`). Every file is built under a temporary name and renamed when complete
+(checkpoints once every rank has written its part), so the output folder holds what the last completed checkpoint
+left, and ``--resume`` continues from it with the losses of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -37,8 +49,9 @@ from manyview.errors import ManyviewError
 from manyview.metrics.image import psnr
 from manyview.scene import PointCloud, Views
 from manyview.splat import sharded_strategy
-from manyview.splat.distributed_render import camera_block
+from manyview.splat.distributed_render import camera_block, render_moved
 from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
+from manyview.splat.rank_faults import stops_cleanly
 from manyview.splat.render import render
 from manyview.splat.sharded import ShardedGaussians, gaussian_mesh, wrap_rows
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
@@ -47,35 +60,48 @@ from manyview.splat.types import RenderOutput
 
 class ShardedSplatTrainer(SplatTrainer):
     """:class:`SplatTrainer` with the Gaussians sharded over ``mesh`` (default: every process of the default
-    group). Every rank constructs it with the same views, config and initial points, and calls the same methods."""
+    group). Every rank constructs it with the same views, config and initial points, and calls the same methods.
+
+    ``gaussians`` may also be a :class:`~manyview.splat.sharded.ShardedGaussians` whose blocks each rank built
+    itself (a scene too large to build whole on every rank). ``collective_timeout`` (seconds; None keeps the
+    group's) bounds every exchange from the first step on: it is set on the mesh's process group once the ranks
+    have checked that they loaded the same data (the start waits as long as the group allows, for the slowest
+    rank's loading); a rank that does not answer within it stops the run (see the module docstring)."""
 
     def __init__(self, views: Views, out_dir: str | os.PathLike, config: SplatTrainConfig | None = None,
-                 points: PointCloud | None = None, gaussians: Gaussians | None = None,
-                 mesh: DeviceMesh | None = None):
-        config = config or SplatTrainConfig()
-        if config.pose_refine:
-            raise ManyviewError("pose_refine (--pose-refine) runs in one process: each view moves the world by its "
-                                "own correction, so the batch cannot share one sharded render; drop it or run "
-                                "without torchrun")
+                 points: PointCloud | None = None, gaussians: Gaussians | ShardedGaussians | None = None,
+                 mesh: DeviceMesh | None = None, collective_timeout: float | None = None):
         self.mesh = gaussian_mesh() if mesh is None else mesh
-        _check_same_on_every_rank(views, config, self.mesh)
-        super().__init__(views, out_dir, config, points, gaussians)
+        self._place = (self.mesh.get_local_rank(), self.mesh.size())  # also known once the group is gone
+        self.collective_timeout = collective_timeout
+        self.out_dir = Path(out_dir)
+        self.step = 0
+        with stops_cleanly(self):
+            _check_same_on_every_rank(views, config or SplatTrainConfig(), self.mesh)
+            if collective_timeout is not None:
+                self.mesh.get_group().set_timeout(timedelta(seconds=collective_timeout))
+            super().__init__(views, out_dir, config, points, gaussians)
         self.strategy_state = self.strategy.initialize_state(len(self.params["means"].to_local()))
 
     @property
     def rank(self) -> int:
-        return self.mesh.get_local_rank()
+        return self._place[0]
 
     @property
     def world_size(self) -> int:
-        return self.mesh.size()
+        return self._place[1]
 
     @property
     def _writes_files(self) -> bool:
         return self.rank == 0
 
-    def _parameters(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
-        sharded = ShardedGaussians.distribute(g, self.mesh)
+    def _parameters(self, g: Gaussians | ShardedGaussians) -> dict[str, torch.nn.Parameter]:
+        if isinstance(g, ShardedGaussians):
+            if g.mesh != self.mesh:
+                raise ValueError("the sharded initial Gaussians live on another device mesh than the trainer's")
+            sharded = g
+        else:
+            sharded = ShardedGaussians.distribute(g, self.mesh)
         return {n: torch.nn.Parameter(getattr(sharded, n)) for n in PARAMETER_NAMES}
 
     @property
@@ -112,8 +138,10 @@ class ShardedSplatTrainer(SplatTrainer):
         write_ply_sharded(path, self.shown_gaussians())
 
     def train(self, resume: bool = False, show_progress: bool = True, stop_at: int | None = None) -> dict:
-        """:meth:`SplatTrainer.train` on every rank (rank 0 alone shows progress and writes the JSON files)."""
-        return super().train(resume=resume, show_progress=show_progress and self.rank == 0, stop_at=stop_at)
+        """:meth:`SplatTrainer.train` on every rank (rank 0 alone shows progress and writes the JSON files). A lost
+        process stops it with one ManyviewError on every surviving rank (see the module docstring)."""
+        with stops_cleanly(self):
+            return super().train(resume=resume, show_progress=show_progress and self.rank == 0, stop_at=stop_at)
 
     # ----------------------------------------------------------------- one step
     def _all_reduce(self, values: list[float]) -> list[float]:
@@ -124,8 +152,13 @@ class ShardedSplatTrainer(SplatTrainer):
     def train_step(self) -> dict:
         cfg = self.config
         step, ids, background, degree = self._begin_step()
-        out = render(ShardedGaussians.from_dict(self.params), self.views.cameras[torch.tensor(ids)],
-                     background=background, sh_degree=degree, backend=cfg.backend)
+        store = ShardedGaussians.from_dict(self.params)
+        cameras = self.views.cameras[torch.tensor(ids)]
+        if self.pose is None:
+            out = render(store, cameras, background=background, sh_degree=degree, backend=cfg.backend)
+        else:  # each camera sees the world moved by its own correction (one process: a render call per view)
+            out = render_moved(store, cameras, [self._pose_move(i) for i in ids], background=background,
+                               sh_degree=degree, backend=cfg.backend)
         out.means2d.retain_grad()
         start, stop = camera_block(len(ids), self.world_size, self.rank)
         rgbs = out.rgb.to_local()  # this rank's cameras ids[start:stop]
@@ -144,7 +177,9 @@ class ShardedSplatTrainer(SplatTrainer):
         if not torch.isfinite(torch.tensor(total)):  # the same decision on every rank
             return self._skip(step, "loss")
         loss.backward()
-        for p in view_params:  # replicated: each rank holds the gradient of its own cameras' losses
+        # replicated: each rank holds the part of the gradient that reached it (colour transforms: its own
+        # cameras' losses; pose corrections: through its own Gaussians, for every camera); summed over the ranks
+        for p in view_params:
             grad = p.grad if p.grad is not None else torch.zeros_like(p)
             dist.all_reduce(grad, group=self.mesh.get_group())
             p.grad = grad
@@ -167,12 +202,34 @@ class ShardedSplatTrainer(SplatTrainer):
         (psnr_sum,) = self._all_reduce([sum(values)])
         return {"loss": total, "psnr": psnr_sum / len(ids), "skipped": False, **report}
 
+    def _pose_move(self, i: int) -> Callable[[Gaussians], Gaussians] | None:
+        """What camera ``i`` sees of a rank's Gaussians under pose refinement: the world moved by its correction
+        (training views), or None (held-out views are used as given)."""
+        if self.pose is None or i not in self.train_ids:
+            return None
+        c2w = self.views.cameras.c2w[i]
+        return lambda local: self.pose(local, c2w, i)
+
+    def _render(self, i: int, background: Tensor, degree: int | None = None) -> RenderOutput:
+        """View ``i`` with its pose correction when it has one, on every rank (evaluation)."""
+        move = self._pose_move(i)
+        if move is None:
+            return self._render_store(ShardedGaussians.from_dict(self.params), i, background, degree)
+        out = render_moved(ShardedGaussians.from_dict(self.params), self.views.cameras[i:i + 1], [move],
+                           background=background, sh_degree=degree, backend=self.config.backend)
+        return _gathered(out)
+
     def _render_store(self, g, i: int, background: Tensor, degree: int | None = None) -> RenderOutput:
         """View ``i`` on every rank (evaluation: the image gathered from the rank that rasterised it)."""
         out = render(g, self.views.cameras[i:i + 1], background=background, sh_degree=degree,
                      backend=self.config.backend)
-        full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t
-        return RenderOutput(full(out.rgb), full(out.alpha), full(out.depth), out.means2d, out.radii)
+        return _gathered(out)
+
+
+def _gathered(out: RenderOutput) -> RenderOutput:
+    """The images of a sharded render on every rank (gathered from the ranks that rasterised them)."""
+    full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t
+    return RenderOutput(full(out.rgb), full(out.alpha), full(out.depth), out.means2d, out.radii)
 
 
 def _check_same_on_every_rank(views: Views, config: SplatTrainConfig, mesh: DeviceMesh) -> None:

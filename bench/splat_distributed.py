@@ -54,6 +54,21 @@ PSNRs (eval.json) must agree within 0.1 dB (the script exits 1 if not):
 
     python bench/splat_distributed.py --mode psnr --views 16 --width 128 --height 96 --steps 500 --batch-size 2 \
         --sh-degree 1                               # -> bench/results/splat_distributed_psnr.json
+
+``--mode gpu`` needs a CUDA GPU (``bench/splat_gpu_check.sh`` runs it on a lent one): the NCCL path at world size 1
+against the one-device paths, in one process. A synthetic object scene (``--views`` views at ``--width`` x
+``--height``), ``--gaussians`` initial Gaussians from its points, no densification and every SH degree active
+(a fixed total, so the paths time the same work); three trainers from the same Gaussians on the same GPU:
+``SplatTrainer`` with gsplat (when it is installed and its kernels load), ``SplatTrainer`` with the staged reference
+renderer, and ``ShardedSplatTrainer`` on an NCCL group of one (DTensor Gaussians, the sharded render's exchange,
+the reference renderer: the NCCL path). Before training every path renders the training views: the NCCL images
+against the reference ones (equal to float rounding) and against gsplat's (PSNR between them: gsplat's alpha
+clamp and per-tile extents differ slightly); then ``--steps`` steps of ``--batch-size`` views each, the median step
+time (CUDA synchronised, the first step left out), the peak GPU memory, the losses, and the held-out PSNR after
+the steps; time ratios against gsplat and against the reference:
+
+    python bench/splat_distributed.py --mode gpu --views 8 --width 128 --height 96 --gaussians 10000 \
+        --batch-size 2 --steps 20                   # -> bench/results/splat_distributed_gpu.json
 """
 
 from __future__ import annotations
@@ -84,6 +99,8 @@ OUT_TRAIN = OUT.with_name("splat_distributed_train.json")
 OUT_PSNR = OUT.with_name("splat_distributed_psnr.json")
 OUT_SCALE = OUT.with_name("splat_distributed_scale.json")
 OUT_LARGEST = OUT.with_name("splat_distributed_largest.json")
+OUT_GPU = OUT.with_name("splat_distributed_gpu.json")
+GPU = {"gaussians": 10_000, "views": 8, "width": 128, "height": 96, "batch_size": 2, "steps": 20}  # --mode gpu
 LARGEST = {"gaussians": 10_000_000, "steps": 100, "sh_degree": 3, "ranks": [2], "views": 8, "width": 128,
            "height": 96, "batch_size": 1}  # --mode largest's defaults (any of them can be given)
 CHUNK = 1 << 20  # rows drawn from one seed by random_block
@@ -338,13 +355,147 @@ def psnr_check(args: argparse.Namespace) -> dict:
     return {"runs": runs, "psnr_difference_db": difference, "within_0_1_db": difference <= 0.1}
 
 
+def _nccl_world_of_one():
+    """An NCCL process group of one in this process on GPU 0 (what ``manyview splat --device cuda --resume`` makes
+    for a torchrun checkpoint), and its CUDA mesh."""
+    from manyview.splat.sharded import gaussian_mesh
+
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    return gaussian_mesh()
+
+
+def _gsplat_problem(cameras: Cameras) -> str | None:
+    """None when gsplat renders on this GPU, else why not (its CUDA kernels compile on first use)."""
+    from manyview.splat import random_in_box, render
+    from manyview.splat.render import gsplat_available
+
+    if not gsplat_available():
+        return "gsplat is not installed"
+    try:
+        render(random_in_box(16, seed=0).to("cuda"), cameras[:1].to("cuda"), backend="gsplat").rgb.sum().item()
+    except Exception as exc:  # noqa: BLE001 - reported in the results instead
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return f"gsplat did not render: {type(exc).__name__}: {first}"
+    return None
+
+
+def _gpu_path(make, steps: int) -> dict:
+    """Build a trainer with ``make()``, render its training views, train ``steps`` steps (each timed between CUDA
+    synchronisations), evaluate on the held-out views and render them."""
+    from manyview.profiling import MemoryMeter as Meter
+
+    torch.cuda.synchronize()
+    with Meter("cuda") as meter:
+        t0 = time.perf_counter()
+        trainer = make()
+        torch.cuda.synchronize()
+        build_s = time.perf_counter() - t0
+        before = trainer.render_views(trainer.train_ids).cpu()
+        times, losses = [], []
+        for _ in range(steps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            info = trainer.train_step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            losses.append(info["loss"])
+        evaluation = trainer.evaluate(with_lpips=False)
+        after = trainer.render_views(trainer.test_ids or trainer.train_ids).cpu()
+    result = {"build_s": build_s, "step_s_median": statistics.median(times[1:] or times), "step_s": times,
+              "losses": losses, "peak_gpu_bytes": meter.peak_bytes, "held_out_psnr": evaluation["psnr"],
+              "gaussians": len(trainer.params["means"]), "backend": trainer.config.backend,
+              "device": str(trainer.device)}
+    del trainer
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {"result": result, "before": before, "after": after}
+
+
+def gpu_check(args: argparse.Namespace) -> dict:
+    """The NCCL path at world size 1 against the one-device gsplat and reference paths on one GPU (module
+    docstring, ``--mode gpu``)."""
+    from manyview.metrics.image import psnr
+    from manyview.scene import Views
+    from manyview.splat import DensifyStrategy
+    from manyview.splat.sharded_trainer import ShardedSplatTrainer
+    from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
+    from manyview.synth import generate
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench: --mode gpu needs a CUDA GPU (bench/splat_gpu_check.sh runs it on a lent one)")
+    _, sample = generate(args.seed, kind="object", num_views=args.views, height=args.height, width=args.width)
+    views = Views(images=sample.images, cameras=sample.cameras, names=sample.names)
+    points = sample.point_cloud(max_points=args.gaussians)
+
+    def config(backend: str) -> SplatTrainConfig:  # a fixed total: no densification, every SH degree from the start
+        return SplatTrainConfig(iterations=args.steps, batch_size=args.batch_size, sh_degree=args.sh_degree,
+                                sh_increase_every=0, max_init_points=args.gaussians, checkpoint_every=0,
+                                densify=DensifyStrategy(refine_stop_iter=0), backend=backend)
+
+    problem = "skipped (--no-gsplat)" if args.no_gsplat else _gsplat_problem(views.cameras)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if problem is None:
+            runs["gsplat"] = _gpu_path(lambda: SplatTrainer(views, Path(tmp, "g"), config("gsplat"), points=points,
+                                                            device="cuda"), args.steps)
+        runs["reference"] = _gpu_path(lambda: SplatTrainer(views, Path(tmp, "r"), config("reference"),
+                                                           points=points, device="cuda"), args.steps)
+        mesh = _nccl_world_of_one()
+        try:
+            runs["nccl_k1"] = _gpu_path(lambda: ShardedSplatTrainer(views, Path(tmp, "n"), config("reference"),
+                                                                    points=points, mesh=mesh), args.steps)
+        finally:
+            dist.destroy_process_group()
+    for name, run in runs.items():
+        r = run["result"]
+        print(f"{name}: step {r['step_s_median'] * 1e3:.1f} ms (median of {len(r['step_s']) - 1}), peak GPU "
+              f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB, held-out PSNR {r['held_out_psnr']:.3f} dB, "
+              f"{r['gaussians']} Gaussians", flush=True)
+
+    def compare(a: str, b: str, when: str) -> dict:
+        """Max |difference| and the PSNR of one path's images against the other's (None: identical)."""
+        x, y = runs[a][when], runs[b][when]
+        db = float(psnr(x.double(), y.double()).mean())
+        return {"max_abs": float((x - y).abs().max()), "psnr_db": db if math.isfinite(db) else None}
+
+    nccl, ref = runs["nccl_k1"]["result"], runs["reference"]["result"]
+    result = {"paths": {name: run["result"] for name, run in runs.items()}, "gsplat_problem": problem,
+              "images_before_training": {"nccl_vs_reference": compare("nccl_k1", "reference", "before")},
+              "images_after_training": {"nccl_vs_reference": compare("nccl_k1", "reference", "after")},
+              "loss_rel_diff_nccl_vs_reference": max(abs(a - b) / max(abs(b), 1e-12)
+                                                     for a, b in zip(nccl["losses"], ref["losses"])),
+              "time_ratio_nccl_over_reference": nccl["step_s_median"] / ref["step_s_median"]}
+    if "gsplat" in runs:
+        g = runs["gsplat"]["result"]
+        result["images_before_training"]["nccl_vs_gsplat"] = compare("nccl_k1", "gsplat", "before")
+        result["images_after_training"]["nccl_vs_gsplat"] = compare("nccl_k1", "gsplat", "after")
+        result["loss_rel_diff_nccl_vs_gsplat"] = max(abs(a - b) / max(abs(b), 1e-12)
+                                                     for a, b in zip(nccl["losses"], g["losses"]))
+        result["time_ratio_nccl_over_gsplat"] = nccl["step_s_median"] / g["step_s_median"]
+        result["time_ratio_reference_over_gsplat"] = ref["step_s_median"] / g["step_s_median"]
+    # equal images: the NCCL path renders what the one-device reference renders (float rounding), and what gsplat
+    # renders up to gsplat's own semantics (tests/splat/test_splat_gsplat.py asks 30 dB of it against the reference)
+    gsplat_db = result["images_before_training"].get("nccl_vs_gsplat", {}).get("psnr_db")
+    result["images_equal"] = result["images_before_training"]["nccl_vs_reference"]["max_abs"] <= 1e-5 and (
+        "gsplat" not in runs or gsplat_db is None or gsplat_db >= 30)
+    for when in ("images_before_training", "images_after_training"):
+        print(f"{when}: " + ", ".join(f"{k} max |diff| {v['max_abs']:.2e}, PSNR "
+                                      + ("inf" if v["psnr_db"] is None else f"{v['psnr_db']:.2f}") + " dB"
+                                      for k, v in result[when].items()), flush=True)
+    ratios = {k: v for k, v in result.items() if k.startswith("time_ratio")}
+    print("time ratios: " + ", ".join(f"{k[len('time_ratio_'):]} {v:.2f}" for k, v in ratios.items()), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["render", "train", "psnr", "scale", "largest"], default="render",
+    parser.add_argument("--mode", choices=["render", "train", "psnr", "scale", "largest", "gpu"], default="render",
                         help="render: render + linear loss + Adam on random Gaussians; train: the splat trainer; "
                              "psnr: manyview splat on 1 and 2 processes, held-out PSNR; scale: the trainer at a "
                              "fixed total of Gaussians, memory per rank; largest: scale with 10 M Gaussians, 100 "
-                             "steps, 2 ranks by default")
+                             "steps, 2 ranks by default; gpu: the NCCL path at world size 1 against gsplat and the "
+                             "reference on one CUDA GPU")
     parser.add_argument("--gaussians", type=int, default=None, help="default 200,000 (largest: 10,000,000)")
     parser.add_argument("--views", type=int, default=None, help="train/scale: views of the synthetic scene "
                                                                 "(default 16; largest 8)")
@@ -358,6 +509,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default 5 (largest 100)")
     parser.add_argument("--ranks", type=int, nargs="+", default=None, help="default 1 2 (largest 2)")
     parser.add_argument("--verbose", action="store_true", help="scale/largest: print every step's time")
+    parser.add_argument("--no-gsplat", action="store_true", help="gpu: leave the gsplat path out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"default {OUT} ({OUT_TRAIN.name}, {OUT_SCALE.name}, {OUT_LARGEST.name}, "
                              f"{OUT_PSNR.name} in the other modes)")
@@ -366,12 +518,26 @@ def main() -> None:
                 "ranks": [1, 2]}
     if args.mode == "largest":
         defaults.update(LARGEST)
+    if args.mode == "gpu":
+        defaults.update(GPU)
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = {"train": OUT_TRAIN, "psnr": OUT_PSNR, "scale": OUT_SCALE, "largest": OUT_LARGEST}.get(args.mode,
-                                                                                                            OUT)
+        args.out = {"train": OUT_TRAIN, "psnr": OUT_PSNR, "scale": OUT_SCALE, "largest": OUT_LARGEST,
+                    "gpu": OUT_GPU}.get(args.mode, OUT)
+    if args.mode == "gpu":
+        used = ("views", "width", "height", "gaussians", "steps", "batch_size", "sh_degree", "seed", "no_gsplat")
+        result = {"benchmark": "splat_distributed_gpu", "config": {k: getattr(args, k) for k in used},
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                              "cuda": torch.version.cuda,
+                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                  **gpu_check(args)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"images equal: {result['images_equal']}; wrote {args.out}")
+        raise SystemExit(0 if result["images_equal"] else 1)
     if args.mode == "psnr":
         used = ("views", "width", "height", "steps", "batch_size", "sh_degree", "seed")  # what psnr_check reads
         result = {"benchmark": "splat_distributed_psnr", "config": {k: getattr(args, k) for k in used},

@@ -3,6 +3,7 @@
     manyview splat scene/ --out runs/scene_splat --iterations 7000
     manyview splat scene/ --out runs/scene_splat --iterations 30000 --resume
     manyview splat photos_posed/ --out runs/photos --exposure     # photos of differing exposure
+    manyview splat scene/ --out runs/scene_splat --device cpu     # on the CPU even where a GPU is
     torchrun --standalone --nproc-per-node 2 -m manyview splat scene/ --out runs/scene_splat --batch-size 4
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -33,9 +34,14 @@ class Splat:
     held-out and novel views get), --pose-refine corrects the training cameras, --far-points N adds a shell of points for distant
     background (with --densify.prune-scale-by-distance, so that it is not pruned for its world size).
 
+    --device: auto trains on a CUDA GPU with gsplat's rasteriser when PyTorch sees a GPU and gsplat is installed
+    (pip install 'manyview[gsplat]'), else on the CPU with the numba rasteriser; cuda without gsplat uses the
+    reference renderer on the GPU (dense: small scenes only). Checkpoints resume on either device.
+
     --batch-size B renders B views per step (loss averaged over them). Under ``torchrun --nproc-per-node K -m
-    manyview splat ...`` the Gaussians are sharded over the K processes (gloo, on the CPU) and each renders B / K
-    of the batch's views: the same Gaussians as one process with the same B, to float rounding. Checkpoints are
+    manyview splat ...`` the Gaussians are sharded over the K processes (gloo on the CPU; with --device cuda NCCL,
+    each process on the GPU of its LOCAL_RANK, with the reference renderer) and each renders B / K of the batch's
+    views: the same Gaussians as one process with the same B, to float rounding. Checkpoints are
     then torch.distributed.checkpoint folders, resumable with any K (--resume without torchrun resumes them in
     one process); splat.ply is streamed shard by shard. When a process dies or stops answering (--dist-timeout),
     the others stop with one error naming it and the checkpoint kept; --resume continues from that checkpoint.
@@ -49,6 +55,9 @@ class Splat:
     """Continue from the latest checkpoint in OUT (start fresh when there is none)."""
     max_width: int = 480
     """Images wider than this are downscaled (aspect kept; cameras follow). 0 keeps the full size."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: auto = a CUDA GPU when PyTorch sees one and gsplat is installed (one process), else the CPU.
+    Under torchrun, cuda gives each process the GPU of its LOCAL_RANK and NCCL between them."""
     dist_timeout: float = 120.0
     """Under torchrun: seconds a process waits for the others in one exchange before it stops the run, naming the
     process that did not answer (from the first step on; at the start, while every process reads the dataset,
@@ -69,20 +78,24 @@ class Splat:
     def run(self) -> None:
         from manyview.cli.common import launcher_world_size
         from manyview.splat.data import load_training_views
-        from manyview.splat.trainer import SplatTrainer, check_run_folder
+        from manyview.splat.trainer import SplatTrainer, check_run_folder, training_device
 
         check_run_folder(self.out)  # before the dataset is read: a refused folder costs nothing
-        if launcher_world_size() > 1 or (self.resume and _latest_checkpoint_is_sharded(self.out)):
-            return self._run_sharded()
+        sharded = launcher_world_size() > 1 or (self.resume and _latest_checkpoint_is_sharded(self.out))
+        # --device cuda without a GPU: one line, before the dataset is read or a process group joined
+        device = training_device(self.device, self.config.backend, sharded=sharded)
+        if sharded:
+            return self._run_sharded(device)
         views, points = load_training_views(self.dataset, self.max_width)
-        trainer = SplatTrainer(views, self.out, self.config, points=points)
-        self._report_start(trainer, views, points)
+        trainer = SplatTrainer(views, self.out, self.config, points=points, device=device)
+        self._report_start(trainer, views, points, f" on {device}" if device.type != "cpu" else "")
         self._report_end(trainer, trainer.train(resume=self.resume))
 
-    def _run_sharded(self) -> None:
-        """Under ``torchrun --nproc-per-node K``: the Gaussians sharded over the K processes (gloo on the CPU);
-        every rank loads the dataset, rank 0 alone prints and writes the JSON files, all write the PLY together.
-        Also a run of one process resuming a checkpoint that processes under torchrun wrote."""
+    def _run_sharded(self, device) -> None:
+        """Under ``torchrun --nproc-per-node K``: the Gaussians sharded over the K processes (gloo on the CPU; on
+        CUDA, NCCL with each process on the GPU of its LOCAL_RANK); every rank loads the dataset, rank 0 alone
+        prints and writes the JSON files, all write the PLY together. Also a run of one process resuming a
+        checkpoint that processes under torchrun wrote."""
         from manyview.errors import ManyviewError
         from manyview.splat.data import load_training_views
         from manyview.splat.rank_faults import Terminated, sigterm_raises
@@ -90,7 +103,7 @@ class Splat:
         from manyview.train.config import ParallelConfig
         from manyview.train.distributed import setup, teardown
 
-        env = setup(ParallelConfig(mode="ddp", backend="gloo"), "cpu")
+        env = setup(ParallelConfig(mode="ddp"), device.type)  # backend: nccl on cuda, gloo on the CPU
         try:
             views, points = load_training_views(self.dataset, self.max_width)
             # torchrun's SIGTERM (another process failed) becomes one line, temporaries removed; installed after
@@ -99,8 +112,9 @@ class Splat:
                 trainer = ShardedSplatTrainer(views, self.out, self.config, points=points,
                                               collective_timeout=self.dist_timeout)
                 if env.is_main:
+                    where = f" on {env.world_size} process{'es' if env.world_size > 1 else ''}"
                     self._report_start(trainer, views, points,
-                                       f" on {env.world_size} process{'es' if env.world_size > 1 else ''}")
+                                       where + (" (NCCL, one GPU each)" if env.device.type == "cuda" else ""))
                 result = trainer.train(resume=self.resume, show_progress=env.is_main)
                 if env.is_main:
                     self._report_end(trainer, result)

@@ -22,10 +22,10 @@ from torch import Tensor
 from manyview.splat.sh import C0
 
 
-def identity_transforms(n: int, dtype=torch.float32) -> Tensor:
+def identity_transforms(n: int, dtype=torch.float32, device=None) -> Tensor:
     """(n, 3, 4) identity colour transforms ``[I | 0]``."""
-    eye = torch.zeros(3, 4, dtype=dtype)
-    eye[:, :3] = torch.eye(3, dtype=dtype)
+    eye = torch.zeros(3, 4, dtype=dtype, device=device)
+    eye[:, :3] = torch.eye(3, dtype=dtype, device=device)
     return eye.expand(n, 3, 4).clone()
 
 
@@ -46,11 +46,11 @@ def apply_colour_transform_reference(rgb: Tensor, transform: Tensor) -> Tensor:
 
 def fit_affine_colour(pred: Tensor, target: Tensor) -> Tensor:
     """(3, 4) ``[A | b]`` minimising ``|A pred + b - target|^2`` over the pixels of one (3, H, W) image pair
-    (least squares in float64)."""
-    x = torch.cat([pred.reshape(3, -1).T.double(), torch.ones(pred[0].numel(), 1, dtype=torch.float64,
-                                                               device=pred.device)], dim=1)
-    solution = torch.linalg.lstsq(x, target.reshape(3, -1).T.double(), driver="gelsd").solution  # (4, 3)
-    return solution.T.to(pred.dtype)
+    (least squares in float64, on the CPU: CUDA's lstsq has no SVD driver); returned on ``pred``'s device."""
+    x = torch.cat([pred.reshape(3, -1).T.double().cpu(), torch.ones(pred[0].numel(), 1, dtype=torch.float64)],
+                  dim=1)
+    solution = torch.linalg.lstsq(x, target.reshape(3, -1).T.double().cpu(), driver="gelsd").solution  # (4, 3)
+    return solution.T.to(device=pred.device, dtype=pred.dtype)
 
 
 def exposure_fitted(pred: Tensor, target: Tensor) -> Tensor:
@@ -94,9 +94,9 @@ class ExposureCompensation(torch.nn.Module):
     own tensor, so that an optimiser per view moves only the view of the step (one Adam over all of them would keep
     moving the others on their momentum). Views never trained keep the identity."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, device=None):
         super().__init__()
-        self.per_view = torch.nn.ParameterList([torch.nn.Parameter(t) for t in identity_transforms(n)])
+        self.per_view = torch.nn.ParameterList([torch.nn.Parameter(t) for t in identity_transforms(n, device=device)])
 
     @property
     def transforms(self) -> Tensor:

@@ -18,7 +18,7 @@ Backends written as the stages of :mod:`manyview.splat.types` (project, shade, r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -120,7 +120,12 @@ class StagedBackend(ABC):
         cams = cameras.to(self.compute_dtype)
         height, width = (int(v) for v in cams.image_size[0])
         proj = self.project(g, cams, settings)
+        # the 2D means returned lie on the path to the image, so that their .grad (densification's statistic) fills
+        # also when the stages compute in another dtype than they return (the reference: float64)
+        means2d = proj.means2d.to(out_dtype)
+        if means2d is not proj.means2d:
+            proj = replace(proj, means2d=means2d.to(self.compute_dtype))
         colors = self.shade(g, cams, settings, proj)
         features = torch.cat([colors, proj.depths[..., None]], dim=-1)  # (C, P, 4)
         accum, alpha = self.rasterize(proj, features, height, width, settings)
-        return composite(accum, alpha, proj, background).to(out_dtype)
+        return replace(composite(accum, alpha, proj, background).to(out_dtype), means2d=means2d)

@@ -288,21 +288,22 @@ class ShardedRender:
         cams = cameras.detach().to(staged.compute_dtype)  # see the module docstring: no camera gradients
         check_same_on_every_rank(cams, background, settings, _records_grad(local), local.means.device, group)
         lifted: list[Tensor] = []
+        out_dtype = staged.output_dtype(local)
 
-        def lift(means2d: Tensor) -> Tensor:  # the DTensor sits on the path to the loss, so its .grad fills
-            lifted.append(wrap_rows(means2d, mesh, total, dim=1))
-            return lifted[0].to_local()
+        def lift(means2d: Tensor) -> Tensor:
+            # the DTensor returned as means2d sits on the path to the loss, so that its .grad fills (densification):
+            # in the output dtype, as the one-process render returns it (the reference computes in float64)
+            lifted.append(wrap_rows(means2d.to(out_dtype), mesh, total, dim=1))
+            return lifted[0].to_local().to(means2d.dtype)
 
         if moves is not None and len(moves) != len(cams):
             raise ValueError(f"sharded render: {len(moves)} moves for {len(cams)} cameras")
         proj, colors = _project(staged, local, cams, settings, lift, moves)
-        out = _rasterize_owned(staged, proj, colors, cams, background, settings, group).to(
-            staged.output_dtype(local))
+        out = _rasterize_owned(staged, proj, colors, cams, background, settings, group).to(out_dtype)
         num_cameras = len(cams)
         by_camera = lambda t: wrap_rows(t, mesh, num_cameras, dim=0)
-        means2d = lifted[0] if out.means2d is proj.means2d else wrap_rows(out.means2d, mesh, total, dim=1)
         return RenderOutput(rgb=by_camera(out.rgb), alpha=by_camera(out.alpha), depth=by_camera(out.depth),
-                            means2d=means2d, radii=wrap_rows(out.radii, mesh, total, dim=1))
+                            means2d=lifted[0], radii=wrap_rows(out.radii, mesh, total, dim=1))
 
 
 def render_moved(gaussians: GaussianStore, cameras: Cameras, moves: Sequence[Move | None],

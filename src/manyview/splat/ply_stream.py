@@ -20,7 +20,7 @@ import torch.distributed as dist
 from manyview.io.atomic import atomic_path, remove_stale
 from manyview.splat.gaussians import Gaussians
 from manyview.splat.ply import property_names
-from manyview.splat.sharded import ShardedGaussians
+from manyview.splat.sharded import ShardedGaussians, _mesh_device
 
 
 def ply_header(count: int, sh_degree: int) -> bytes:
@@ -40,9 +40,10 @@ def ply_rows(g: Gaussians) -> np.ndarray:
     return torch.cat(columns, dim=1).numpy().astype("<f4", copy=False)
 
 
-def _broadcast_path(path: Path | None, group) -> Path:
+def _broadcast_path(path: Path | None, group, device: torch.device) -> Path:
     holder = [str(path) if path is not None else None]
-    dist.broadcast_object_list(holder, src=dist.get_global_rank(group, 0), group=group)
+    dist.broadcast_object_list(holder, src=dist.get_global_rank(group, 0), group=group,
+                               device=device if device.type == "cuda" else None)  # NCCL: through the GPU
     return Path(holder[0])
 
 
@@ -50,6 +51,7 @@ def write_ply_sharded(path: str | os.PathLike, gaussians: ShardedGaussians, rows
     """Write ``gaussians`` (every rank calls this with its shard) as one 3DGS PLY at ``path``, atomically."""
     mesh = gaussians.mesh
     group, rank, world = mesh.get_group(), mesh.get_local_rank(), mesh.size()
+    device = _mesh_device(mesh)
     local = gaussians.local()
 
     def append(tmp: Path) -> None:
@@ -70,12 +72,12 @@ def write_ply_sharded(path: str | os.PathLike, gaussians: ShardedGaussians, rows
                 with open(tmp, "wb") as f:
                     f.write(ply_header(len(gaussians), gaussians.sh_degree))
             except BaseException:
-                _broadcast_path(Path(os.devnull), group)  # the others skip their writes, then all raise
+                _broadcast_path(Path(os.devnull), group, device)  # the others skip their writes, then all raise
                 raise
-            _broadcast_path(tmp, group)
+            _broadcast_path(tmp, group, device)
             append(tmp)
     else:
-        tmp = _broadcast_path(None, group)
+        tmp = _broadcast_path(None, group, device)
         if tmp == Path(os.devnull):
             raise RuntimeError(f"rank 0 could not start writing {path}")
         append(tmp)

@@ -75,10 +75,10 @@ class PoseRefinement(torch.nn.Module):
     """A zero-initialised se(3) correction (axis-angle, translation / extent) per camera, each its own parameter
     (an optimiser per view moves only the view of the step)."""
 
-    def __init__(self, n: int, extent: float = 1.0):
+    def __init__(self, n: int, extent: float = 1.0, device=None):
         super().__init__()
         self.extent = float(extent)
-        self.per_view = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(6)) for _ in range(n)])
+        self.per_view = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(6, device=device)) for _ in range(n)])
 
     @property
     def deltas(self) -> Tensor:

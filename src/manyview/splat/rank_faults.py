@@ -7,6 +7,10 @@ survivor destroys the process group (so that ranks waiting on a survivor learn a
 call in the rendezvous store for a few seconds; the ranks that did not answer are the lost ones. Under torchrun
 the launcher stops the survivors itself with SIGTERM within a fraction of a second; :func:`sigterm_raises` turns
 that signal into the same error.
+
+Under NCCL (ranks on GPUs) only the SIGTERM path and NCCL's remote-error message are handled, and neither has been
+seen on hardware yet; NCCL's own watchdog may end a process whose collective times out before this code runs
+(``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and then torchrun's report is all there is.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ if TYPE_CHECKING:
 
 ROLL_CALL_S = 5.0  # at most this long (and half the collective timeout) the survivors wait for each other's answer
 _CLOSED = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
-           "socket closed", "no route to host")
+           "socket closed", "no route to host",
+           "remote process exited")  # NCCL's ncclRemoteError: "remote process exited or there was a network error"
 _TIMED_OUT = ("timed out", "timeout")
 _roll_calls = 0  # failures handled in this process: each roll call uses its own keys
 

@@ -15,6 +15,9 @@ of the output folder. On resume with K' ranks, each rank allocates its ``chunk_s
 the new layout and DCP reads the rows that fall into it from whichever files hold them (DCP's resharding), so a
 run saved with 4 ranks resumes with 2, or 1, exactly. A checkpoint written by one process (``manyview splat``
 without torchrun: safetensors of the whole set) is read by every rank, which keeps its block.
+
+Devices: DCP writes the tensors' values, not where they lived, so a checkpoint of CUDA ranks (NCCL) resumes on CPU
+ranks (gloo) and the other way round: each rank allocates what it reads on its mesh's device.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ from torch.distributed.tensor import DTensor
 from manyview.errors import ManyviewError
 from manyview.io.atomic import atomic_directory
 from manyview.splat.gaussians import PARAMETER_NAMES
-from manyview.splat.sharded import chunk_sizes, shard_rows, wrap_rows
+from manyview.splat.sharded import _mesh_device, chunk_sizes, shard_rows, wrap_rows
 from manyview.splat.trainer import CHECKPOINT_DIR, SHARDED_STATE_DIR
 
 
-def _broadcast_path(path: Path | None, group) -> Path:
+def _broadcast_path(path: Path | None, group, device: torch.device) -> Path:
     holder = [str(path) if path is not None else None]
-    dist.broadcast_object_list(holder, src=dist.get_global_rank(group, 0), group=group)
+    dist.broadcast_object_list(holder, src=dist.get_global_rank(group, 0), group=group,
+                               device=device if device.type == "cuda" else None)  # NCCL: through the GPU
     return Path(holder[0])
 
 
@@ -62,7 +66,7 @@ def save(trainer) -> Path:
     state = _state_dict(trainer)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_directory(path)) if rank == 0 else None
-        tmp = _broadcast_path(tmp, group)
+        tmp = _broadcast_path(tmp, group, _mesh_device(mesh))
         dcp.save(state, checkpoint_id=tmp / SHARDED_STATE_DIR)  # returns once every rank's part is written
         if rank == 0:
             trainer._write_run_state(tmp)
@@ -83,6 +87,7 @@ def load(trainer, path=None) -> int:
     path, damaged = trainer._checkpoint_to_load(path)
     folder = path / SHARDED_STATE_DIR
     mesh = trainer.mesh
+    device = _mesh_device(mesh)
     run, view_state = trainer._read_run_state(path, damaged)
     if not folder.is_dir():  # one process wrote it: every rank reads the whole and keeps its block
         files = [path / f"{n}.safetensors" for n in ("gaussians", "optimizer", "strategy")]
@@ -96,7 +101,7 @@ def load(trainer, path=None) -> int:
         _check(trainer, {n: tuple(t.shape) for n, t in tensors.items()}, damaged, path / "gaussians.safetensors",
                path)
         state = {f"gaussians.{n}": shard_rows(t, mesh) for n, t in tensors.items()}
-        state.update({f"optimizer.{k}": (t.clone() if t.dim() == 0 else shard_rows(t, mesh))
+        state.update({f"optimizer.{k}": (t.to(device, copy=True) if t.dim() == 0 else shard_rows(t, mesh))
                       for k, t in moments.items()})
         state.update({f"strategy.{k}": shard_rows(t, mesh) for k, t in strategy.items()})
     else:
@@ -120,9 +125,9 @@ def load(trainer, path=None) -> int:
                 continue
             dtype = meta.properties.dtype
             if len(meta.size) and meta.size[0] == total and not key.endswith(".step"):
-                state[key] = wrap_rows(torch.empty(rows, *meta.size[1:], dtype=dtype), mesh, total)
+                state[key] = wrap_rows(torch.empty(rows, *meta.size[1:], dtype=dtype, device=device), mesh, total)
             else:
-                state[key] = torch.empty(tuple(meta.size), dtype=dtype)
+                state[key] = torch.empty(tuple(meta.size), dtype=dtype, device=device)
         try:
             dcp.load(state, checkpoint_id=str(folder))
         except (Exception, dcp.CheckpointException) as exc:  # a rank's file missing or truncated
@@ -157,7 +162,7 @@ def _apply(trainer, state: dict[str, torch.Tensor]) -> None:
         opt.param_groups[0]["params"] = [trainer.params[name]]
         opt.state.clear()
         prefix = f"optimizer.{name}."
-        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # on the mesh's device
         if own:
             opt.state[trainer.params[name]] = own
     trainer.strategy_state = {k[len("strategy."):]: v.to_local().clone() for k, v in state.items()

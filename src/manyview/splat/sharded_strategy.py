@@ -161,7 +161,10 @@ def _refine(strategy: DensifyStrategy, params: Params, optimizers: Optimizers, s
     counts = _all_gather_ints([n_clone, n_split], mesh, device)
     total_split = sum(c[1] for c in counts)
     first = sum(c[1] for c in counts[:rank])
-    noise = torch.randn((2, total_split, 3), generator=generator, device=device, dtype=local["log_scales"].dtype)
+    # drawn where the generator lives (the trainer's: the CPU, on any device), so every device draws the same
+    where = generator.device if generator is not None else device
+    noise = torch.randn((2, total_split, 3), generator=generator, device=where,
+                        dtype=local["log_scales"].dtype).to(device)
     offsets = strategy.split_offsets(local, split, noise[:, first:first + n_split])
     keep = ~split
 

@@ -25,6 +25,11 @@ Gaussians, and the parts are summed (an all-reduce, like the colour transforms')
 keeps the same corrections. Not supported here: the gsplat backend (it fuses the stages between which the ranks
 exchange splats).
 
+**Devices.** The mesh says where: a CPU mesh (gloo) trains on the CPU, a CUDA mesh (NCCL; ``gaussian_mesh()`` picks
+it for an NCCL group) on each rank's current CUDA device (torchrun's ``LOCAL_RANK``, set by
+``manyview.train.distributed.setup``), with the staged reference backend (``backend="auto"``). Every collective
+here sends tensors on the mesh's device, as NCCL requires.
+
 **A lost process.** When a rank dies, or stops answering for ``collective_timeout`` seconds, mid-step, the
 others stop within that bound with one error naming it, the step and the last checkpoint kept
 (:mod:`manyview.splat.rank_faults`). Every file is built under a temporary name and renamed when complete
@@ -53,7 +58,7 @@ from manyview.splat.distributed_render import camera_block, render_moved
 from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
 from manyview.splat.rank_faults import stops_cleanly
 from manyview.splat.render import render
-from manyview.splat.sharded import ShardedGaussians, gaussian_mesh, wrap_rows
+from manyview.splat.sharded import ShardedGaussians, _mesh_device, gaussian_mesh, wrap_rows
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 from manyview.splat.types import RenderOutput
 
@@ -76,12 +81,13 @@ class ShardedSplatTrainer(SplatTrainer):
         self.collective_timeout = collective_timeout
         self.out_dir = Path(out_dir)
         self.step = 0
+        device = _mesh_device(self.mesh)
         with stops_cleanly(self):
             _check_same_on_every_rank(views, config or SplatTrainConfig(), self.mesh)
             if collective_timeout is not None:
                 self.mesh.get_group().set_timeout(timedelta(seconds=collective_timeout))
-            super().__init__(views, out_dir, config, points, gaussians)
-        self.strategy_state = self.strategy.initialize_state(len(self.params["means"].to_local()))
+            super().__init__(views, out_dir, config, points, gaussians, device=device)
+        self.strategy_state = self.strategy.initialize_state(len(self.params["means"].to_local()), device=device)
 
     @property
     def rank(self) -> int:
@@ -250,9 +256,10 @@ def _check_same_on_every_rank(views: Views, config: SplatTrainConfig, mesh: Devi
         ("the options", [float(zlib.crc32(json.dumps(asdict(config), sort_keys=True, default=str).encode()))]),
     ]
     widths = [len(values) for _, values in checks]
-    mine = torch.tensor([v for _, values in checks for v in values], dtype=torch.float64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(mesh.size())]
-    dist.all_gather(sizes, torch.tensor([mine.numel()]), group=mesh.get_group())
+    device = _mesh_device(mesh)  # NCCL sends CUDA tensors only
+    mine = torch.tensor([v for _, values in checks for v in values], dtype=torch.float64, device=device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(mesh.size())]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], device=device), group=mesh.get_group())
     if any(int(t) != mine.numel() for t in sizes):
         first = next(r for r, t in enumerate(sizes) if int(t) != int(sizes[0]))
         raise ManyviewError(f"splat training across processes: rank {first} loaded a different number of views "

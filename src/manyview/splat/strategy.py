@@ -109,8 +109,10 @@ class DensifyStrategy:
         n_clone, n_split = int(clone.sum()), int(split.sum())
 
         # clone: copies appended (the originals stay); split: two samples from the parent, parent removed
-        noise = torch.randn((2, n_split, 3), generator=generator, device=params["means"].device,
-                            dtype=params["log_scales"].dtype)
+        # drawn where the generator lives (the trainer's: the CPU, on any device), so every device draws the same
+        where = generator.device if generator is not None else params["means"].device
+        noise = torch.randn((2, n_split, 3), generator=generator, device=where,
+                            dtype=params["log_scales"].dtype).to(params["means"].device)
         offsets = self.split_offsets(params, split, noise)
         keep = ~split
 

@@ -23,6 +23,12 @@ Output folder::
 
 A checkpoint holds everything the next step reads (Gaussians, Adam moments, densification statistics, RNG
 states, the epoch's remaining view order, the step), so a resumed run repeats an uninterrupted one exactly.
+
+``device`` (default the CPU; :func:`training_device` says what ``auto`` picks): the views, the Gaussians, the
+per-view parameters, the densification statistics and the loss live there, and ``backend="auto"`` follows it
+(gsplat on a CUDA GPU when installed, else the staged reference; the numba rasteriser on the CPU). What the
+generator draws (view order, backgrounds, split noise) is drawn on the CPU on every device, so a run on a GPU draws
+what the same run on the CPU draws. Checkpoints hold CPU tensors and load onto any device.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from manyview.device import resolve_device
 from manyview.errors import ManyviewError, require
 from manyview.io.atomic import atomic_directory, atomic_open, check_output_folder, make_folder
 from manyview.metrics.image import lpips, lpips_available, psnr, ssim
@@ -48,7 +55,7 @@ from manyview.splat.gaussians import PARAMETER_NAMES, Gaussians
 from manyview.splat.init import from_points, random_in_box
 from manyview.splat.ply import write_ply
 from manyview.splat.pose_refine import PoseRefinement
-from manyview.splat.render import backend_names, render
+from manyview.splat.render import backend_names, gsplat_available, render
 from manyview.splat.strategy import DensifyStrategy
 
 CHECKPOINT_DIR = "checkpoints"
@@ -107,7 +114,8 @@ class SplatTrainConfig:
     far_radius: float = 10.0
     """Radius of that shell, x the scene extent."""
     backend: str = "auto"
-    """Rasterizer backend (auto: gsplat on a CUDA GPU when installed, else the CPU rasterizer)."""
+    """Rasterizer backend (auto follows the device: gsplat on a CUDA GPU when installed, else the reference
+    renderer there; the numba rasterizer on the CPU)."""
     seed: int = 0
     exposure: bool = False
     """Learn an affine colour transform per training photo (3DGS's exposure), for photos whose exposure and white
@@ -170,6 +178,18 @@ class SplatTrainConfig:
         """Log-linear interpolation from lr_means to lr_means_final over the run (3DGS's expon_lr_func)."""
         t = min(max(step / max(self.iterations, 1), 0.0), 1.0)
         return extent * math.exp((1 - t) * math.log(self.lr_means) + t * math.log(self.lr_means_final))
+
+
+def training_device(device: str | torch.device = "auto", backend: str = "auto", sharded: bool = False) -> torch.device:
+    """Where to train: ``cpu``, ``cuda`` or ``cuda:N`` as given (a clear error when CUDA is asked for and absent);
+    ``auto`` a CUDA GPU when PyTorch sees one and gsplat renders there (one process, ``backend`` auto or gsplat),
+    else the CPU. Without gsplat a GPU has only the staged reference renderer, which the sharded trainer also uses
+    on GPUs: dense (every pixel against every Gaussian, in float64), it runs out of memory on real scenes where the
+    numba rasteriser trains on the CPU, so it is used on a GPU only when ``cuda`` is asked for."""
+    if str(device) != "auto":
+        return resolve_device(device)
+    fast = not sharded and backend in ("auto", "gsplat") and gsplat_available()
+    return torch.device("cuda" if fast else "cpu")
 
 
 def check_run_folder(out_dir: str | os.PathLike) -> Path:
@@ -249,20 +269,26 @@ def initial_gaussians(views: Views, points: PointCloud | None, config: SplatTrai
 class SplatTrainer:
     """Trains Gaussians on ``views`` (posed, one image size) into ``out_dir``.
 
-    ``points`` seed the Gaussians (else random in the cameras' box); ``gaussians`` overrides both.
+    ``points`` seed the Gaussians (else random in the cameras' box); ``gaussians`` overrides both. ``device``
+    ("cpu", "cuda", "cuda:N" or "auto": :func:`training_device`) is where the training runs.
     """
 
     def __init__(self, views: Views, out_dir: str | os.PathLike, config: SplatTrainConfig | None = None,
-                 points: PointCloud | None = None, gaussians: Gaussians | None = None):
+                 points: PointCloud | None = None, gaussians: Gaussians | None = None,
+                 device: str | torch.device = "cpu"):
         self.config = config = config or SplatTrainConfig()
+        self.device = training_device(device, config.backend)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current one, by its number
+            self.device = torch.device("cuda", torch.cuda.current_device())
         check_views(views)
-        self.views = views
+        self.views = views.to(self.device)  # the same tensors on the CPU
         self.out_dir = Path(out_dir)
         self.train_ids, self.test_ids = split_views(len(views), config.test_every)
         if not self.train_ids:
             raise ManyviewError("no training views left after holding out the test views")
         self.extent = scene_extent(views)
-        self.center = views.cameras.centers.double().mean(0).float()  # where scene_extent measures from
+        # where scene_extent measures from
+        self.center = views.cameras.centers.double().mean(0).float().to(self.device)
         g = gaussians if gaussians is not None else initial_gaussians(views, points, config, self.train_ids)
         g = g.detach().to(torch.float32).with_sh_degree(config.sh_degree)
         for name in PARAMETER_NAMES:
@@ -274,8 +300,8 @@ class SplatTrainer:
         self.optimizers = self._make_optimizers()
         # per-view parameters (exposure, pose corrections): an Adam per view, stepped only when its view is
         # rendered, outside the per-Gaussian edits of the densification strategy
-        self.exposure = ExposureCompensation(len(views)) if config.exposure else None
-        self.pose = PoseRefinement(len(views), self.extent) if config.pose_refine else None
+        self.exposure = ExposureCompensation(len(views), device=self.device) if config.exposure else None
+        self.pose = PoseRefinement(len(views), self.extent, device=self.device) if config.pose_refine else None
         self.view_params: dict[str, torch.nn.ParameterList] = {}
         self.view_optimizers: dict[str, list[torch.optim.Optimizer]] = {}
         if self.exposure is not None:
@@ -287,8 +313,8 @@ class SplatTrainer:
             self.view_optimizers["pose"] = [torch.optim.Adam([p], lr=config.lr_pose, weight_decay=config.pose_reg)
                                             for p in self.pose.per_view]
         self.strategy = config.strategy()
-        self.strategy_state = self.strategy.initialize_state(len(g))
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.strategy_state = self.strategy.initialize_state(len(g), device=self.device)
+        self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU, whatever the device
         self.order: list[int] = []  # the rest of this epoch's view order
         self.step = 0
         self.skipped: list[int] = []  # steps skipped for non-finite loss or gradients
@@ -298,8 +324,9 @@ class SplatTrainer:
 
     # ----------------------------------------------------------------- state
     def _parameters(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
-        """The trained tensors (a subclass keeps them elsewhere: sharded across processes)."""
-        return {n: torch.nn.Parameter(getattr(g, n).clone()) for n in PARAMETER_NAMES}
+        """The trained tensors, on the trainer's device (a subclass keeps them elsewhere: sharded across
+        processes)."""
+        return {n: torch.nn.Parameter(getattr(g, n).to(self.device, copy=True)) for n in PARAMETER_NAMES}
 
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One Adam per parameter tensor with 3DGS's learning rates."""
@@ -321,8 +348,8 @@ class SplatTrainer:
 
     def _background(self) -> Tensor:
         if self.config.random_background:
-            return torch.rand(3, generator=self.generator)
-        return torch.tensor(self.config.background, dtype=torch.float32)
+            return torch.rand(3, generator=self.generator).to(self.device)
+        return torch.tensor(self.config.background, dtype=torch.float32, device=self.device)
 
     def loss(self, pred: Tensor, gt: Tensor) -> Tensor:
         """(1 - lambda) L1 + lambda (1 - SSIM) of (3, H, W) images."""
@@ -410,7 +437,7 @@ class SplatTrainer:
         """(len(ids), 3, H, W) renders over the configured background, clamped to [0, 1]; training views with
         their learned pose correction and colour transform, held-out views as the written splat shows them
         (:meth:`shown_gaussians`)."""
-        bg = torch.tensor(self.config.background, dtype=torch.float32)
+        bg = torch.tensor(self.config.background, dtype=torch.float32, device=self.device)
         shown = self.shown_gaussians()
         images = []
         for i in ids:
@@ -478,11 +505,11 @@ class SplatTrainer:
         moments = {}
         for name, opt in self.optimizers.items():
             for key, value in opt.state.get(self.params[name], {}).items():
-                moments[f"{name}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-        with atomic_directory(path) as tmp:
-            save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "gaussians.safetensors"))
+                moments[f"{name}.{key}"] = _portable(torch.as_tensor(value).detach().clone())
+        with atomic_directory(path) as tmp:  # CPU tensors, loadable on any device
+            save_file({n: _portable(p.detach()) for n, p in self.params.items()}, str(tmp / "gaussians.safetensors"))
             save_file(moments, str(tmp / "optimizer.safetensors"))
-            save_file({k: v.contiguous() for k, v in self.strategy_state.items()}, str(tmp / "strategy.safetensors"))
+            save_file({k: _portable(v) for k, v in self.strategy_state.items()}, str(tmp / "strategy.safetensors"))
             self._write_run_state(tmp)
         for old in self.checkpoint_dirs():
             if old != path:
@@ -495,10 +522,10 @@ class SplatTrainer:
 
         view_state = {}
         for name, params in self.view_params.items():
-            view_state[name] = torch.stack([p.detach() for p in params]).contiguous()
+            view_state[name] = _portable(torch.stack([p.detach() for p in params]))
             for i, (param, opt) in enumerate(zip(params, self.view_optimizers[name])):
                 for key, value in opt.state.get(param, {}).items():
-                    view_state[f"{name}.{i}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+                    view_state[f"{name}.{i}.{key}"] = _portable(torch.as_tensor(value).detach().clone())
         if view_state:  # a run without per-view parameters writes none (and its resume needs none)
             save_file(view_state, str(folder / VIEW_STATE_NAME))
         torch.save({"step": self.step, "order": list(self.order), "generator": self.generator.get_state(),
@@ -590,7 +617,8 @@ class SplatTrainer:
                     param.copy_(view_state[name][i])
                     opt.state.clear()
                     prefix = f"{name}.{i}."
-                    own = {k[len(prefix):]: v.clone() for k, v in view_state.items() if k.startswith(prefix)}
+                    own = {k[len(prefix):]: _optimizer_value(v.clone(), k[len(prefix):], param, opt)
+                           for k, v in view_state.items() if k.startswith(prefix)}
                     if own:
                         opt.state[param] = own
         self.step = run["step"]
@@ -632,14 +660,15 @@ class SplatTrainer:
                           else "the Gaussian parameters disagree in their count")
         self._check_sh_degree(math.isqrt(tensors["sh_rest"].shape[1] + 1) - 1 if tensors["sh_rest"].ndim == 3
                               else -1, path)
-        self.params = {n: torch.nn.Parameter(tensors[n].clone()) for n in PARAMETER_NAMES}
+        self.params = {n: torch.nn.Parameter(tensors[n].to(self.device, copy=True)) for n in PARAMETER_NAMES}
         for name, opt in self.optimizers.items():
             opt.param_groups[0]["params"] = [self.params[name]]
             opt.state.clear()
-            own = {k.split(".", 1)[1]: v.clone() for k, v in moments.items() if k.split(".", 1)[0] == name}
+            own = {k.split(".", 1)[1]: _optimizer_value(v.clone(), k.split(".", 1)[1], self.params[name], opt)
+                   for k, v in moments.items() if k.split(".", 1)[0] == name}
             if own:
                 opt.state[self.params[name]] = own
-        self.strategy_state = {k: v.clone() for k, v in strategy_state.items()}
+        self.strategy_state = {k: v.to(self.device, copy=True) for k, v in strategy_state.items()}
         self._apply_run_state(run, view_state)
         return self.step
 
@@ -707,7 +736,7 @@ class SplatTrainer:
         from manyview.io.transforms_json import write_transforms_json
 
         names = [self.views.names[i] if i < len(self.views.names) else f"{i:05d}.png" for i in range(len(self.views))]
-        write_transforms_json(self.out_dir / CAMERAS_NAME, self.views.cameras, names)
+        write_transforms_json(self.out_dir / CAMERAS_NAME, self.views.cameras.to("cpu"), names)
         with atomic_open(self.out_dir / VIEWS_NAME, "w") as f:
             json.dump({"exposure": self.exposure is not None, "pose_refine": self.pose is not None,
                        "views": self.view_records()}, f, indent=1)
@@ -717,3 +746,18 @@ class SplatTrainer:
 
 def _config_dict(config: SplatTrainConfig) -> dict:
     return asdict(config)
+
+
+def _portable(t: Tensor) -> Tensor:
+    """A contiguous CPU tensor for a checkpoint file (the same tensor when it is one already)."""
+    return t.contiguous().cpu()
+
+
+def _optimizer_value(value: Tensor, key: str, param: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
+    """A checkpoint's optimiser state entry ``key`` placed as torch's ``Optimizer.load_state_dict`` places it: on
+    the parameter's device, except Adam's step count, which a fused (or capturable) optimiser keeps beside its
+    parameters and the plain one on the CPU. On the CPU this is ``value`` itself."""
+    group = optimizer.param_groups[0]
+    if key == "step" and not (group.get("fused") or group.get("capturable")):
+        return value
+    return value.to(param.device)

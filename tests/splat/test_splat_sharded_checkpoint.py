@@ -1,5 +1,6 @@
 """Checkpoints of the sharded splat trainer (torch.distributed.checkpoint) across a change of world size, and the
-streamed PLY: saved by 2 gloo processes and resumed by 1, saved by one process (safetensors) and resumed by 2, the
+streamed PLY: saved by 4 gloo processes (two of them without a view of the batch of 2) and resumed by 2, saved by 2
+and resumed by 1, saved by one process (safetensors) and resumed by 2, the
 following losses and Gaussians equal the uninterrupted single-process run's; the PLY written shard by shard has the
 bytes of the single-process PLY of the same Gaussians, an empty shard included.
 """
@@ -77,7 +78,13 @@ def _run(rank: int, world: int, root: Path, results: dict) -> None:
     from manyview.splat.sharded_trainer import ShardedSplatTrainer
 
     views, points = _scene()
+    if world == 4:  # four ranks train to SAVE_AT and save (the run resumed by two ranks below)
+        ShardedSplatTrainer(views, root / "four", _config(), points=points).train(show_progress=False,
+                                                                                  stop_at=SAVE_AT)
+        return
     if world == 2:
+        t = ShardedSplatTrainer(views, root / "four", _config(), points=points)
+        results["from_four"] = {"step": t.load_checkpoint(), **_rest(t)}
         # a single-process checkpoint resumed by two ranks
         t = ShardedSplatTrainer(views, root / "single", _config(), points=points)
         results["from_one"] = {"step": t.load_checkpoint(), **_rest(t)}
@@ -127,6 +134,7 @@ def runs(tmp_path_factory):
 
     assert main(["synth", "--kind", "object", "--views", "8", "--height", "24", "--width", "32",
                  "--out", str(root / "ds")]) == 0
+    _spawn(4, root)
     two = _spawn(2, root)
     one = _spawn(1, root)
     return {"root": root, "losses": losses, "params": {n: p.detach() for n, p in full.params.items()},
@@ -143,6 +151,12 @@ def _assert_same_run(got: dict, runs: dict) -> None:
                                    atol=1e-4 * float(expected.abs().max().clamp_min(1e-2)))
     assert float(runs["pose"].abs().max()) > 1e-3  # the corrections moved, and resumed from the checkpoint
     torch.testing.assert_close(got["pose"], runs["pose"], rtol=1e-4, atol=1e-4 * float(runs["pose"].abs().max()))
+
+
+def test_saved_by_four_processes_resumed_by_two(runs):
+    assert len(list((runs["root"] / "four" / "checkpoints" / f"step_{SAVE_AT:06d}" / "sharded").glob("*.distcp"))) == 4
+    for rank in runs["two"]:
+        _assert_same_run(rank["from_four"], runs)
 
 
 def test_saved_by_two_processes_resumed_by_one(runs):

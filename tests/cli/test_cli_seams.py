@@ -91,14 +91,15 @@ def test_splat_options_fill_the_library_config(tiny_dataset, tmp_path, monkeypat
     class Stop(Exception):
         pass
 
-    def fake_trainer(views, out, config, points=None):
-        seen.update(config=config, size=(views.height, views.width))
+    def fake_trainer(views, out, config, points=None, device=None):
+        seen.update(config=config, size=(views.height, views.width), device=device)
         raise Stop
 
     monkeypatch.setattr(trainer_module, "SplatTrainer", fake_trainer)
     with pytest.raises(Stop):
         command.run()
     assert seen["config"] is command.config and seen["size"] == (12, 16)
+    assert seen["device"].type == "cpu"  # auto on a machine without CUDA and gsplat
 
 
 def test_reconstruct_ga_iterations_sets_the_library_config():

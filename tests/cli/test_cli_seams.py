@@ -298,8 +298,11 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
             "s.Synth.run = slow\n"
             "from manyview.cli.main import main\n"
             "sys.exit(main(['synth', '--out', sys.argv[1]]))\n")
+    # SIGINT as a terminal delivers it, even when these tests run in a background job (which ignores SIGINT, and
+    # its children inherit that)
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

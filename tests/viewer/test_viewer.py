@@ -328,7 +328,8 @@ def test_no_confidence_slider_without_confidences(tmp_path):
 def test_the_command_prints_the_url_and_ctrl_c_stops_it_quietly(tmp_path):
     write_points(tmp_path / "cloud.ply", _cloud(20))
     proc = subprocess.Popen([sys.executable, "-m", "manyview.cli.main", "view", str(tmp_path / "cloud.ply"),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even in a background job
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         url = lines[0].split()[1]  # the page is served (and its URL printed) before the scene is read

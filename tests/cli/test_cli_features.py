@@ -81,7 +81,6 @@ def test_the_bundled_model_is_the_default_and_a_teacher_or_other_dim_is_asked_fo
     torch.manual_seed(0)
     ConDense(ConDenseConfig(dim=6, head_hidden=8, point=PointBackboneConfig(width=8, depth=1, heads=2, k=4))) \
         .save_pretrained(tmp_path / "bundled")
-    monkeypatch.setitem(manyview.assets.BUNDLED, "condense", "condense_bundled")
     monkeypatch.setattr(manyview.assets, "bundled_model_dir", lambda name: tmp_path / "bundled")
     assert main(["features", str(tiny_dataset), "--out", str(tmp_path / "a"), "--keypoints", "8"]) == 0
     record = json.loads((tmp_path / "a" / "features.json").read_text())

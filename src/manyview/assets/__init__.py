@@ -15,6 +15,7 @@ BUNDLED: dict[str, str] = {
     "fast3r": "fast3r_bundled",
     "lvsm": "lvsm_bundled",
     "efficient-lvsm": "efficient_lvsm_bundled",
+    "condense": "condense_bundled",
 }
 
 

@@ -395,12 +395,9 @@ def _condense_model(weights: Path | None):
         if not weights.exists():
             raise ManyviewError("ConDense weights not found", weights)
         return ConDense.from_pretrained(weights), str(weights)
-    try:
-        from manyview.assets import bundled_model_dir
+    from manyview.assets import bundled_model_dir
 
-        bundled = bundled_model_dir("condense")
-    except ValueError:  # this installation knows no bundled ConDense model yet
-        bundled = None
+    bundled = bundled_model_dir("condense")
     if bundled is None:
         return None, "no ConDense weights (bundled or --weights): the teacher alone"
     return ConDense.from_pretrained(bundled), f"bundled ({bundled})"

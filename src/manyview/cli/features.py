@@ -103,10 +103,9 @@ class Features:
             return self.weights, ""
         if self.teacher is not None:
             return None, f"--teacher {self.teacher}"
-        from manyview.assets import BUNDLED, bundled_model_dir
+        from manyview.assets import bundled_model_dir
 
-        # "condense" joins assets.BUNDLED when its trained weights ship (training: assets RECIPE, issue 16)
-        bundled = bundled_model_dir("condense") if "condense" in BUNDLED else None
+        bundled = bundled_model_dir("condense")
         if bundled is None:
             return None, ("this installation ships no bundled weights; pass --weights for a model trained with "
                           "`manyview train condense`")

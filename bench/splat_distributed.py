@@ -167,6 +167,31 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out_dir:
     dist.destroy_process_group()
 
 
+def _timed_steps(trainer, steps: int, after_step=None) -> tuple[list[float], list[float]]:
+    """``steps`` trainer steps, each timed between barriers (the slowest rank's time); (seconds, losses).
+    ``after_step(n, info)`` sees step n's (1-based) info, with its time as ``step_s``."""
+    times, losses = [], []
+    for _ in range(steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        info = trainer.train_step()
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+        losses.append(info["loss"])
+        if after_step is not None:
+            after_step(len(times), {**info, "step_s": times[-1]})
+    return times, losses
+
+
+def _training_state_bytes(trainer) -> int:
+    """This rank's bytes of Gaussian parameters, their gradients and Adam's moments."""
+    params = list(trainer.params.values())
+    state = [params, [p.grad for p in params if p.grad is not None],
+             [v for opt in trainer.optimizers.values() for s in opt.state.values() for v in s.values()
+              if torch.is_tensor(v) and v.dim() > 0]]
+    return sum(t.to_local().numel() * t.element_size() for group in state for t in group)
+
+
 def _train_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_dir: str) -> None:
     """The splat trainer on ``world`` ranks (gloo) for ``args.steps`` steps: memory, step times, losses."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MANYVIEW_QUIET="1")
@@ -190,21 +215,12 @@ def _train_worker(rank: int, world: int, port: int, args: argparse.Namespace, ou
         trainer = ShardedSplatTrainer(views, tmp, config, points=points)
         del sample, points
         gc.collect()
-        times, losses, sizes = [], [], []
+        sizes = []
         with MemoryMeter("cpu") as meter, exchange_stats() as exchanged:
-            for _ in range(args.steps):
-                dist.barrier()
-                t0 = time.perf_counter()
-                info = trainer.train_step()
-                dist.barrier()
-                times.append(time.perf_counter() - t0)
-                losses.append(info["loss"])
-                sizes.append(len(trainer.params["means"]))
+            times, losses = _timed_steps(trainer, args.steps,
+                                         lambda n, info: sizes.append(len(trainer.params["means"])))
     params = list(trainer.params.values())
-    state = [params, [p.grad for p in params if p.grad is not None],
-             [v for opt in trainer.optimizers.values() for s in opt.state.values() for v in s.values()
-              if torch.is_tensor(v) and v.dim() > 0]]
-    state_bytes = sum(t.to_local().numel() * t.element_size() for group in state for t in group)
+    state_bytes = _training_state_bytes(trainer)
     result = {"rank": rank, "gaussians_local": len(params[0].to_local()), "gaussians_total": sizes,
               "state_bytes": state_bytes, "peak_rss_increase_bytes": meter.increase_bytes,
               "step_s_median": statistics.median(times), "step_s": times, "losses": losses,
@@ -285,22 +301,14 @@ def _scale_worker(rank: int, world: int, port: int, args: argparse.Namespace, ou
         dist.barrier()
         build_s = time.perf_counter() - t0
         built = _rss_bytes()
-        times, losses = [], []
+        def report(n: int, info: dict) -> None:
+            if rank == 0 and args.verbose:
+                print(f"  K={world} step {n}: {info['step_s']:.2f} s, loss {info['loss']:.6f}", flush=True)
+
         with exchange_stats() as exchanged:
-            for _ in range(args.steps):
-                dist.barrier()
-                t0 = time.perf_counter()
-                info = trainer.train_step()
-                dist.barrier()
-                times.append(time.perf_counter() - t0)
-                losses.append(info["loss"])
-                if rank == 0 and args.verbose:
-                    print(f"  K={world} step {len(times)}: {times[-1]:.2f} s, loss {info['loss']:.6f}", flush=True)
+            times, losses = _timed_steps(trainer, args.steps, report)
     params = list(trainer.params.values())
-    state = [params, [p.grad for p in params if p.grad is not None],
-             [v for opt in trainer.optimizers.values() for s in opt.state.values() for v in s.values()
-              if torch.is_tensor(v) and v.dim() > 0]]
-    state_bytes = sum(t.to_local().numel() * t.element_size() for group in state for t in group)
+    state_bytes = _training_state_bytes(trainer)
     result = {"rank": rank, "gaussians_local": len(params[0].to_local()), "state_bytes": state_bytes,
               "rss_before_bytes": before, "rss_after_build_bytes": built,
               "peak_rss_increase_bytes": meter.peak_bytes - before, "peak_rss_bytes": meter.peak_bytes,

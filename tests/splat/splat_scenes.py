@@ -91,3 +91,13 @@ def pair_statistics(g: Gaussians, cams: Cameras, mode: str = "classic") -> dict[
         out["terminated"] += int((t_after[:, -1] < T_MIN).sum())
         out["clamped"] += int((inbox & (raw > ALPHA_MAX)).sum())
     return out
+
+
+def training_scene():
+    """(views, points) of the synthetic object scene the trainer tests train on: 8 views of 32 x 32, the points
+    of every pixel (exact depth)."""
+    from manyview.scene import Views
+    from manyview.synth import generate
+
+    _, views = generate(0, kind="object", num_views=8, height=32, width=32)
+    return Views(images=views.images, cameras=views.cameras, names=views.names), views.point_cloud(max_points=None)

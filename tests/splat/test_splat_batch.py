@@ -6,18 +6,17 @@ import torch
 
 from manyview.errors import ManyviewError
 from manyview.metrics.image import psnr
-from manyview.scene import Views
 from manyview.splat import DensifyStrategy
 from manyview.splat.gaussians import Gaussians
 from manyview.splat.render import render
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
-from manyview.synth import generate
+
+from splat_scenes import training_scene
 
 
 @pytest.fixture(scope="module")
 def scene():
-    _, views = generate(0, kind="object", num_views=8, height=32, width=32)
-    return Views(images=views.images, cameras=views.cameras, names=views.names), views.point_cloud(max_points=None)
+    return training_scene()
 
 
 def _config(**kw) -> SplatTrainConfig:

@@ -28,15 +28,9 @@ from manyview.scene import Views
 from manyview.splat import DensifyStrategy
 from manyview.splat.gaussians import PARAMETER_NAMES
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
+from splat_scenes import training_scene
 
 HAS_CUDA = torch.cuda.is_available()
-
-
-def _scene():
-    from manyview.synth import generate
-
-    _, views = generate(0, kind="object", num_views=8, height=32, width=32)
-    return Views(images=views.images, cameras=views.cameras, names=views.names), views.point_cloud(max_points=None)
 
 
 def _config(**kw) -> SplatTrainConfig:
@@ -65,7 +59,7 @@ def test_device_cuda_without_a_gpu_is_one_line_naming_the_option(tmp_path, monke
 
 
 def test_the_trainer_refuses_a_device_it_cannot_use(tmp_path, monkeypatch):
-    views, points = _scene()
+    views, points = training_scene()
     views = views[:3]
     with pytest.raises(ManyviewError, match="unknown device"):
         SplatTrainer(views, tmp_path, _config(), points=points, device="tpu")
@@ -199,7 +193,7 @@ def test_steps_on_cuda_equal_the_steps_on_the_cpu(tmp_path, case):
     devices, and Adam's normalised steps enlarge that where a gradient is near zero, hence 1e-4 (the split noise,
     view order and backgrounds are drawn on the CPU for both, so the densification is the same)."""
     options, steps = CASES[case]
-    views, points = _scene()
+    views, points = training_scene()
     cpu = SplatTrainer(views, tmp_path / "cpu", _config(**options), points=points, device="cpu")
     cuda = SplatTrainer(views, tmp_path / "cuda", _config(**options), points=points, device="cuda")
     assert cuda.device.type == "cuda" and _devices(cuda) == {cuda.device}
@@ -220,7 +214,7 @@ def test_the_sharded_trainer_on_nccl_equals_one_cuda_process(tmp_path, nccl_worl
     from manyview.splat.sharded_trainer import ShardedSplatTrainer
 
     options, steps = CASES[case]
-    views, points = _scene()
+    views, points = training_scene()
     one = SplatTrainer(views, tmp_path / "one", _config(**options), points=points, device="cuda")
     sharded = ShardedSplatTrainer(views, tmp_path / "sharded", _config(**options), points=points,
                                   mesh=nccl_world_of_one)
@@ -266,7 +260,7 @@ def _assert_restored(trainer, saved: dict[str, torch.Tensor], device_type: str) 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_one_process_checkpoints_move_between_cpu_and_cuda(tmp_path):
-    views, points = _scene()
+    views, points = training_scene()
     config = _config(batch_size=2, exposure=True, pose_refine=True, lr_pose=2e-3)
     cuda = SplatTrainer(views, tmp_path, config, points=points, device="cuda")
     _train(cuda, 4)
@@ -299,7 +293,7 @@ def test_sharded_checkpoints_move_between_nccl_and_gloo(tmp_path):
     """torch.distributed.checkpoint written by an NCCL rank (CUDA) resumes on a gloo rank (CPU), and back."""
     from manyview.splat.sharded_trainer import ShardedSplatTrainer
 
-    views, points = _scene()
+    views, points = training_scene()
     config = _config(batch_size=2, exposure=True)
     saved = {}
     for backend, steps in (("nccl", 4), ("gloo", 2), ("nccl", 1)):

@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from splat_scenes import training_scene
 from splat_spawn import spawn_ranks
 
-from manyview.scene import Views
 from manyview.splat import DensifyStrategy
 from manyview.splat.ply import write_ply
 from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
@@ -27,13 +27,6 @@ from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 SAVE_AT, END = 6, 11  # densification at 3, 6, 9; an opacity reset at 7: on both sides of the checkpoint
-
-
-def _scene():
-    from manyview.synth import generate
-
-    _, views = generate(0, kind="object", num_views=8, height=32, width=32)
-    return Views(images=views.images, cameras=views.cameras, names=views.names), views.point_cloud(max_points=None)
 
 
 def _config() -> SplatTrainConfig:
@@ -77,7 +70,7 @@ def _run(rank: int, world: int, root: Path, results: dict) -> None:
     from manyview.splat.sharded import ShardedGaussians
     from manyview.splat.sharded_trainer import ShardedSplatTrainer
 
-    views, points = _scene()
+    views, points = training_scene()
     if world == 4:  # four ranks train to SAVE_AT and save (the run resumed by two ranks below)
         ShardedSplatTrainer(views, root / "four", _config(), points=points).train(show_progress=False,
                                                                                   stop_at=SAVE_AT)
@@ -126,7 +119,7 @@ def _spawn(world: int, root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded_checkpoint")
-    views, points = _scene()
+    views, points = training_scene()
     full = SplatTrainer(views, root / "full", _config(), points=points)
     losses = [full.train_step()["loss"] for _ in range(END)]
     SplatTrainer(views, root / "single", _config(), points=points).train(show_progress=False, stop_at=SAVE_AT)

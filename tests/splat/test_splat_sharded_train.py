@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from splat_scenes import training_scene
 from splat_spawn import spawn_ranks
 
 from manyview.scene import Views
@@ -27,13 +28,6 @@ from manyview.splat.trainer import SplatTrainConfig, SplatTrainer
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 WORLD = 2
-
-
-def _scene():
-    from manyview.synth import generate
-
-    _, views = generate(0, kind="object", num_views=8, height=32, width=32)
-    return Views(images=views.images, cameras=views.cameras, names=views.names), views.point_cloud(max_points=None)
 
 
 def _config(**kw) -> SplatTrainConfig:
@@ -82,7 +76,7 @@ def _run_cases(rank: int, out: Path, results: dict) -> None:
     from manyview.errors import ManyviewError
     from manyview.splat.sharded_trainer import ShardedSplatTrainer
 
-    views, points = _scene()
+    views, points = training_scene()
     for name, (options, steps, init) in CASES.items():
         gaussians = _one_gaussian(points) if init == "one" else None
         t = ShardedSplatTrainer(views, out / name, _config(**options), points=points, gaussians=gaussians)
@@ -114,7 +108,7 @@ def ranks(tmp_path_factory):
 def single(tmp_path_factory):
     """The same cases in this one process (SplatTrainer)."""
     out = tmp_path_factory.mktemp("single_train")
-    views, points = _scene()
+    views, points = training_scene()
     results = {}
     for name, (options, steps, init) in CASES.items():
         gaussians = _one_gaussian(points) if init == "one" else None
